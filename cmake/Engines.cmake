@@ -1,0 +1,37 @@
+# Engine libraries from third_party/ (fetched by scripts/bootstrap.sh):
+# llama.cpp brings the one ggml that llama, mtmd, whisper and mmserve link.
+set(MMSERVE_THIRD_PARTY "${PROJECT_SOURCE_DIR}/third_party")
+if(NOT EXISTS "${MMSERVE_THIRD_PARTY}/llama.cpp/CMakeLists.txt"
+   OR NOT EXISTS "${MMSERVE_THIRD_PARTY}/whisper.cpp/src/whisper.cpp")
+  message(FATAL_ERROR "Engine sources missing in ${MMSERVE_THIRD_PARTY}: run scripts/bootstrap.sh first")
+endif()
+
+# llama.cpp: libraries only by default; its tools (llama-server, llama-mtmd-cli)
+# exist as targets for the benchmarks but are built only when asked for.
+set(LLAMA_BUILD_COMMON ON CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_TOOLS ON CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_SERVER ON CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_TESTS OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_APP OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_UI OFF CACHE BOOL "" FORCE)
+set(LLAMA_USE_PREBUILT_UI OFF CACHE BOOL "" FORCE) # no network at build time
+set(LLAMA_OPENSSL OFF CACHE BOOL "" FORCE)
+set(LLAMA_ALL_WARNINGS OFF CACHE BOOL "" FORCE)
+set(BUILD_SHARED_LIBS OFF CACHE BOOL "" FORCE)
+set(GGML_CUDA ${MMSERVE_CUDA} CACHE BOOL "" FORCE)
+add_subdirectory("${MMSERVE_THIRD_PARTY}/llama.cpp" "${CMAKE_BINARY_DIR}/llama.cpp" EXCLUDE_FROM_ALL)
+
+# whisper.cpp: only its library, compiled against llama.cpp's ggml (its own
+# bundled ggml is never built, so the process has exactly one ggml).
+file(STRINGS "${MMSERVE_THIRD_PARTY}/whisper.cpp/CMakeLists.txt" _whisper_project
+     REGEX "project\\(\"whisper.cpp\" VERSION")
+string(REGEX MATCH "[0-9]+\\.[0-9]+\\.[0-9]+" MMSERVE_WHISPER_VERSION "${_whisper_project}")
+add_library(whisper STATIC
+  "${MMSERVE_THIRD_PARTY}/whisper.cpp/src/whisper.cpp")
+target_include_directories(whisper PUBLIC
+  "${MMSERVE_THIRD_PARTY}/whisper.cpp/include"
+  "${MMSERVE_THIRD_PARTY}/whisper.cpp/src")
+target_compile_definitions(whisper PRIVATE WHISPER_VERSION="${MMSERVE_WHISPER_VERSION}")
+target_link_libraries(whisper PUBLIC ggml Threads::Threads)
+set_target_properties(whisper PROPERTIES CXX_STANDARD 17)

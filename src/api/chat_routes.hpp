@@ -1,0 +1,20 @@
+// POST /v1/chat/completions and the seed's POST /v1/chat/vision: the request
+// is parsed and validated here, then handed to the vision engine that owns
+// the named model.
+#pragma once
+
+#include "api/chat_request.hpp"
+#include "core/model_board.hpp"
+#include "core/router.hpp"
+
+#include <functional>
+
+namespace mmserve::api {
+
+// Runs one validated request against a loaded model and writes the response
+// (JSON or SSE). Provided by the vision service once its engine is loaded.
+using ChatEngine = std::function<http::net::awaitable<void>(const ChatRequest&, http::HttpExchange&)>;
+
+void register_chat_routes(http::Router& router, const ModelBoard& board, ChatEngine engine);
+
+} // namespace mmserve::api

@@ -1,0 +1,67 @@
+#include "api/system_routes.hpp"
+
+#include <fmt/format.h>
+
+namespace mmserve::api {
+
+nlohmann::json model_object(const ModelStatus& model) {
+  nlohmann::json object = {
+      {"id", model.id},           {"object", "model"},
+      {"created", model.created}, {"owned_by", "mmserve"},
+      {"service", model.service}, {"status", model_state_name(model.state)},
+  };
+  if (model.state == ModelState::loading) object["progress"] = model.progress;
+  if (!model.detail.empty()) object["detail"] = model.detail;
+  return object;
+}
+
+void register_system_routes(http::Router& router, const ModelBoard& board, ServerMetrics& metrics,
+                            const std::atomic<bool>& draining) {
+  router.add("GET", "/healthz", [](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    const nlohmann::json body = {{"status", "ok"}};
+    co_await exchange.respond_json(200, body);
+  });
+
+  router.add("GET", "/readyz", [&board, &draining](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    nlohmann::json models = nlohmann::json::array();
+    std::vector<std::string> reasons;
+    const auto snapshot = board.snapshot();
+    for (const auto& model : snapshot) {
+      models.push_back(model_object(model));
+      if (model.state != ModelState::loaded) {
+        reasons.push_back(fmt::format("{} model '{}' is {}{}{}", model.service, model.id, model_state_name(model.state),
+                                      model.detail.empty() ? "" : ": ", model.detail));
+      }
+    }
+    if (snapshot.empty()) reasons.emplace_back("no service is enabled: enable vision, speech or image in the config");
+    if (draining.load()) reasons.insert(reasons.begin(), "shutting down: draining in-flight requests");
+    const bool ready = reasons.empty();
+    const nlohmann::json body = {
+        {"status", ready ? "ready" : "not_ready"}, {"reasons", reasons}, {"models", models}};
+    co_await exchange.respond_json(ready ? 200 : 503, body);
+  });
+
+  router.add("GET", "/metrics", [&metrics](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    co_await exchange.respond(200, metrics.registry.render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+
+  router.add("GET", "/v1/models", [&board](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    nlohmann::json data = nlohmann::json::array();
+    for (const auto& model : board.snapshot()) data.push_back(model_object(model));
+    const nlohmann::json body = {{"object", "list"}, {"data", data}};
+    co_await exchange.respond_json(200, body);
+  });
+
+  router.add("GET", "/v1/models/{id}", [&board](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    const std::string& id = exchange.path_params().at("id");
+    for (const auto& model : board.snapshot()) {
+      if (model.id == id) {
+        co_await exchange.respond_json(200, model_object(model));
+        co_return;
+      }
+    }
+    throw ApiError::not_found(fmt::format("The model '{}' does not exist.", id), "model_not_found");
+  });
+}
+
+} // namespace mmserve::api

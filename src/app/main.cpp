@@ -1,0 +1,176 @@
+// mmserve: one binary, several roles. Parses the command line, loads the
+// configuration (file, then environment, then flags) and runs the role.
+#include "app/roles.hpp"
+#include "core/config.hpp"
+#include "core/logging.hpp"
+#include "core/version.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <iostream>
+
+namespace {
+
+using mmserve::Config;
+using mmserve::Role;
+
+// Flags every role takes.
+struct CommonFlags {
+  std::string config_file;
+  std::string host;
+  int port = -1;
+  std::string log_level;
+  std::string log_format;
+  bool print_config = false;
+};
+
+// Role-specific flags; only those set on the command line are applied.
+struct ServiceFlags {
+  std::string model;
+  std::string mmproj;
+  std::string served_model_name;
+  std::string dtype;
+  int max_model_len = 0;
+  bool trust_remote_code = false;
+  std::string model_size;
+  std::string device;
+  std::string compute_type;
+  std::string outputs_dir;
+  bool attention_slicing = false;
+  bool vae_tiling = false;
+};
+
+void add_common_flags(CLI::App& command, CommonFlags& flags) {
+  command.add_option("-c,--config", flags.config_file, "YAML configuration file (see docs/configuration.md)")
+      ->check(CLI::ExistingFile);
+  command.add_option("--host", flags.host, "Address to listen on (server.host)");
+  command.add_option("-p,--port", flags.port, "Port to listen on (server.port)")->check(CLI::Range(0, 65535));
+  command.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error (logging.level)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  command.add_option("--log-format", flags.log_format, "text or json (logging.format)")
+      ->check(CLI::IsMember({"text", "json"}));
+  command.add_flag("--print-config", flags.print_config, "Print the effective configuration as YAML and exit");
+}
+
+void add_vision_flags(CLI::App& command, ServiceFlags& flags) {
+  command.add_option("--model", flags.model, "GGUF model file or folder (vision.model_path; vLLM's --model)");
+  command.add_option("--mmproj", flags.mmproj, "GGUF projector file (vision.mmproj_path)");
+  command.add_option("--served-model-name", flags.served_model_name, "Model id clients use (vision.model_name)");
+  command.add_option("--dtype", flags.dtype, "Weight type: auto, float16, bfloat16, float32 (vision.dtype)")
+      ->check(CLI::IsMember({"auto", "half", "float16", "bfloat16", "float", "float32"}));
+  command.add_option("--max-model-len", flags.max_model_len, "Context length in tokens (vision.max_model_len)")
+      ->check(CLI::Range(64, 1 << 22));
+  command.add_flag("--trust-remote-code", flags.trust_remote_code,
+                   "Accepted for vLLM compatibility; mmserve runs no code from model folders");
+}
+
+void add_speech_flags(CLI::App& command, ServiceFlags& flags) {
+  command.add_option("--model", flags.model, "whisper.cpp model file (speech.model_path)");
+  command.add_option("--model-size", flags.model_size, "Model size to find in the model folder (speech.model_size)");
+  command.add_option("--device", flags.device, "cpu, cuda or auto (speech.device)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  command.add_option("--compute-type", flags.compute_type, "float16, float32, int8, int8_float16 (speech.compute_type)")
+      ->check(CLI::IsMember({"float16", "float32", "int8", "int8_float16"}));
+}
+
+void add_image_flags(CLI::App& command, ServiceFlags& flags) {
+  command.add_option("--model", flags.model, "Diffusers folder or .safetensors checkpoint (image.model_path)");
+  command.add_option("--outputs-dir", flags.outputs_dir, "Where generated images are written (image.outputs_dir)");
+  command.add_flag("--attention-slicing", flags.attention_slicing, "Bound attention memory (image.attention_slicing)");
+  command.add_flag("--vae-tiling", flags.vae_tiling, "Decode latents in tiles (image.vae_tiling)");
+}
+
+void apply_flags(Config& config, Role role, const CLI::App& command, const CommonFlags& common,
+                 const ServiceFlags& flags) {
+  if (!common.host.empty()) config.server.host = common.host;
+  if (common.port >= 0) config.server.port = static_cast<uint16_t>(common.port);
+  if (!common.log_level.empty()) config.logging.level = common.log_level;
+  if (!common.log_format.empty()) config.logging.format = common.log_format;
+  auto given = [&](const char* name) { return command.count(name) > 0; };
+  if (role == Role::vision) {
+    if (given("--model")) config.vision.model_path = flags.model;
+    if (given("--mmproj")) config.vision.mmproj_path = flags.mmproj;
+    if (given("--served-model-name")) config.vision.model_name = flags.served_model_name;
+    if (given("--dtype")) {
+      // vLLM spells float16 "half" and float32 "float".
+      config.vision.dtype = flags.dtype == "half" ? "float16" : flags.dtype == "float" ? "float32" : flags.dtype;
+    }
+    if (given("--max-model-len")) config.vision.max_model_len = flags.max_model_len;
+  } else if (role == Role::speech) {
+    if (given("--model")) config.speech.model_path = flags.model;
+    if (given("--model-size")) config.speech.model_size = flags.model_size;
+    if (given("--device")) config.speech.device = flags.device;
+    if (given("--compute-type")) config.speech.compute_type = flags.compute_type;
+  } else if (role == Role::image) {
+    if (given("--model")) config.image.model_path = flags.model;
+    if (given("--outputs-dir")) config.image.outputs_dir = flags.outputs_dir;
+    if (given("--attention-slicing")) config.image.attention_slicing = true;
+    if (given("--vae-tiling")) config.image.vae_tiling = true;
+  }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mmserve: vision-language chat, speech recognition and image generation behind one "
+               "OpenAI-compatible API"};
+  app.set_version_flag("--version", std::string("mmserve ") + mmserve::kVersion);
+  app.require_subcommand(1);
+
+  struct RoleCommand {
+    Role role;
+    CLI::App* command;
+    CommonFlags common;
+    ServiceFlags service;
+  };
+  std::vector<std::unique_ptr<RoleCommand>> roles;
+  auto add_role = [&](Role role, const char* description) -> RoleCommand& {
+    auto entry = std::make_unique<RoleCommand>();
+    entry->role = role;
+    entry->command = app.add_subcommand(mmserve::role_name(role), description);
+    add_common_flags(*entry->command, entry->common);
+    roles.push_back(std::move(entry));
+    return *roles.back();
+  };
+  add_role(Role::serve, "All in one: every enabled service behind one listener");
+  add_role(Role::gateway, "API gateway in front of remote service pools");
+  add_vision_flags(*add_role(Role::vision, "Vision-language chat service (LLaVA / Qwen-VL class)").command,
+                   roles.back()->service);
+  add_speech_flags(*add_role(Role::speech, "Speech recognition service (Whisper)").command, roles.back()->service);
+  add_image_flags(*add_role(Role::image, "Image generation service (Stable Diffusion)").command, roles.back()->service);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error);
+  }
+
+  for (const auto& entry : roles) {
+    if (!entry->command->parsed()) continue;
+    try {
+      Config config = entry->common.config_file.empty() ? Config{}
+                                                        : mmserve::load_config_file(entry->common.config_file);
+      const auto applied = mmserve::apply_environment(config, entry->role, mmserve::process_environment());
+      apply_flags(config, entry->role, *entry->command, entry->common, entry->service);
+      mmserve::finalize_config(config);
+      if (entry->common.print_config) {
+        std::cout << mmserve::dump_config(config);
+        return 0;
+      }
+      mmserve::configure_logging(config.logging);
+      for (const auto& line : applied) spdlog::info("environment: {}", line);
+      if (entry->service.trust_remote_code) {
+        spdlog::info("--trust-remote-code accepted and not needed: mmserve runs no code from model folders");
+      }
+      return mmserve::run_role(entry->role, config);
+    } catch (const mmserve::ConfigError& error) {
+      std::cerr << "mmserve: configuration error: " << error.what() << '\n';
+      return 2;
+    } catch (const std::exception& error) {
+      std::cerr << "mmserve: " << error.what() << '\n';
+      return 1;
+    }
+  }
+  return 2;
+}

@@ -1,0 +1,446 @@
+#include "core/config.hpp"
+
+#include "core/quantity.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace mmserve {
+namespace {
+
+std::string join(const std::vector<std::string>& items) { return fmt::format("{}", fmt::join(items, ", ")); }
+
+// A YAML mapping being read: remembers which keys were asked for so that
+// finish() can reject the rest by name.
+class Section {
+public:
+  Section(YAML::Node node, std::string path, std::string source)
+      : node_(std::move(node)), path_(std::move(path)), source_(std::move(source)) {
+    if (node_ && !node_.IsNull() && !node_.IsMap()) fail_at(path_, "must be a mapping of keys to values");
+  }
+
+  std::optional<Section> section(const std::string& key) {
+    const auto child = lookup(key);
+    if (!child || child.IsNull()) return std::nullopt;
+    return Section(child, full(key), source_);
+  }
+
+  void read(const std::string& key, std::string& out) {
+    if (auto child = scalar(key)) out = child->Scalar();
+  }
+  void read(const std::string& key, bool& out) {
+    if (auto child = scalar(key)) {
+      const auto value = parse_bool(child->Scalar());
+      if (!value) fail(key, child->Scalar(), "true, false");
+      out = *value;
+    }
+  }
+  template <typename Int>
+    requires std::is_integral_v<Int>
+  void read_int(const std::string& key, Int& out, long long min, long long max) {
+    if (auto child = scalar(key)) {
+      const std::string text = child->Scalar();
+      char* end = nullptr;
+      errno = 0;
+      const long long value = std::strtoll(text.c_str(), &end, 10);
+      if (text.empty() || *end != '\0' || errno == ERANGE || value < min || value > max) {
+        fail(key, text, fmt::format("an integer from {} to {}", min, max));
+      }
+      out = static_cast<Int>(value);
+    }
+  }
+  void read_bytes(const std::string& key, uint64_t& out, uint64_t min = 0) {
+    if (auto child = scalar(key)) {
+      const auto value = parse_byte_size(child->Scalar());
+      if (!value || *value < min) {
+        fail(key, child->Scalar(),
+             "a size in bytes, e.g. 1048576, 512Mi, 10Gi, 1G or 100m (nginx style)" +
+                 (min ? fmt::format(", at least {}", min) : std::string()));
+      }
+      out = *value;
+    }
+  }
+  void read_seconds(const std::string& key, double& out, double min = 0) {
+    if (auto child = scalar(key)) {
+      const auto value = parse_duration_seconds(child->Scalar());
+      if (!value || *value < min) {
+        fail(key, child->Scalar(), "a duration, e.g. 300 (seconds), 90s, 500ms, 5m or 1h");
+      }
+      out = *value;
+    }
+  }
+  void read_enum(const std::string& key, std::string& out, const std::vector<std::string>& allowed) {
+    if (auto child = scalar(key)) {
+      const std::string value = child->Scalar();
+      if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) fail(key, value, join(allowed));
+      out = value;
+    }
+  }
+  void read_enum_list(const std::string& key, std::vector<std::string>& out,
+                      const std::vector<std::string>& allowed) {
+    const auto child = lookup(key);
+    if (!child || child.IsNull()) return;
+    if (!child.IsSequence()) fail_at(full(key), "must be a list (allowed items: " + join(allowed) + ")");
+    std::vector<std::string> values;
+    for (const auto& item : child) {
+      if (!item.IsScalar()) fail_at(full(key), "items must be plain values (allowed: " + join(allowed) + ")");
+      const std::string value = item.Scalar();
+      if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) fail(key, value, join(allowed));
+      if (std::find(values.begin(), values.end(), value) == values.end()) values.push_back(value);
+    }
+    if (values.empty()) fail_at(full(key), "must name at least one of: " + join(allowed));
+    out = values;
+  }
+
+  // Rejects keys that no read asked for.
+  void finish() const {
+    if (!node_ || node_.IsNull()) return;
+    for (const auto& entry : node_) {
+      const std::string key = entry.first.Scalar();
+      if (!known_.contains(key)) {
+        std::vector<std::string> allowed(known_.begin(), known_.end());
+        fail_at(full(key), "unknown key (allowed here: " + join(allowed) + ")");
+      }
+    }
+  }
+
+private:
+  YAML::Node lookup(const std::string& key) {
+    known_.insert(key);
+    if (!node_ || node_.IsNull()) return {};
+    return node_[key];
+  }
+  std::optional<YAML::Node> scalar(const std::string& key) {
+    const auto child = lookup(key);
+    if (!child || child.IsNull()) return std::nullopt;
+    if (!child.IsScalar()) fail_at(full(key), "must be a single value, not a list or mapping");
+    return child;
+  }
+  std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  [[noreturn]] void fail(const std::string& key, const std::string& value, const std::string& allowed) const {
+    fail_at(full(key), fmt::format("invalid value '{}' (allowed: {})", value, allowed));
+  }
+  [[noreturn]] void fail_at(const std::string& key, const std::string& what) const {
+    throw ConfigError(fmt::format("{}: {}: {}", source_, key, what));
+  }
+
+  YAML::Node node_;
+  std::string path_;
+  std::string source_;
+  std::set<std::string> known_;
+};
+
+const std::vector<std::string> kImageFormats = {"jpeg", "png", "webp", "gif"};
+
+void read_media(Section& root, MediaConfig& media) {
+  if (auto pre = root.section("preprocessing")) {
+    pre->read_int("max_image_size", media.max_image_size, 16, 16384);
+    pre->read_enum_list("supported_formats", media.supported_formats, kImageFormats);
+    pre->read_enum("resize_mode", media.resize_mode, {"fit", "crop", "pad"});
+    pre->read("normalize", media.normalize);
+    pre->finish();
+  }
+  if (auto storage = root.section("storage")) {
+    storage->read("temp_dir", media.temp_dir);
+    storage->read_bytes("max_cache_size", media.max_cache_bytes, 1);
+    storage->read_seconds("cleanup_interval", media.cleanup_interval_s, 1);
+    storage->finish();
+  }
+}
+
+YAML::Node parse_yaml(const std::string& text, const std::string& source) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(fmt::format("{}: not valid YAML: {}", source, e.what()));
+  }
+}
+
+std::string read_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(fmt::format("cannot read {} '{}'", what, path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+} // namespace
+
+std::optional<bool> parse_bool(const std::string& text) {
+  std::string lower;
+  for (char c : text) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "true" || lower == "1" || lower == "yes" || lower == "on") return true;
+  if (lower == "false" || lower == "0" || lower == "no" || lower == "off") return false;
+  return std::nullopt;
+}
+
+const char* role_name(Role role) {
+  switch (role) {
+  case Role::serve: return "serve";
+  case Role::gateway: return "gateway";
+  case Role::vision: return "vision";
+  case Role::speech: return "speech";
+  case Role::image: return "image";
+  }
+  return "?";
+}
+
+Config parse_config(const std::string& yaml_text, const std::string& source) {
+  Config config;
+  Section root(parse_yaml(yaml_text, source), "", source);
+
+  root.read("models_dir", config.models_dir);
+  root.read("media_config_file", config.media_config_file);
+
+  if (auto s = root.section("server")) {
+    auto& c = config.server;
+    s->read("host", c.host);
+    s->read_int("port", c.port, 0, 65535);
+    s->read_int("io_threads", c.io_threads, 1, 256);
+    s->read_bytes("max_body_size", c.max_body_bytes, 1);
+    s->read_bytes("max_header_size", c.max_header_bytes, 1024);
+    s->read_int("max_connections", c.max_connections, 1, 1'000'000);
+    s->read_seconds("request_timeout", c.request_timeout_s, 0.001);
+    s->read_seconds("idle_timeout", c.idle_timeout_s, 0.001);
+    s->read_seconds("shutdown_grace_period", c.shutdown_grace_s, 0);
+    s->read("playground", c.playground);
+    s->finish();
+  }
+  if (auto s = root.section("logging")) {
+    s->read_enum("level", config.logging.level, {"trace", "debug", "info", "warn", "error"});
+    s->read_enum("format", config.logging.format, {"text", "json"});
+    s->read("access_log", config.logging.access_log);
+    s->finish();
+  }
+  if (auto s = root.section("vision")) {
+    auto& c = config.vision;
+    s->read("enabled", c.enabled);
+    s->read("model_path", c.model_path);
+    s->read("mmproj_path", c.mmproj_path);
+    s->read("model_name", c.model_name);
+    s->read("load_8bit", c.load_8bit);
+    s->read_enum("dtype", c.dtype, {"auto", "float16", "bfloat16", "float32"});
+    s->read_int("max_model_len", c.max_model_len, 64, 1 << 22);
+    s->read_int("parallel", c.parallel, 1, 256);
+    s->read_int("max_queue", c.max_queue, 0, 100000);
+    s->read_int("gpu_count", c.gpu_count, 0, 64);
+    s->read_int("threads", c.threads, 0, 1024);
+    s->finish();
+  }
+  if (auto s = root.section("speech")) {
+    auto& c = config.speech;
+    s->read("enabled", c.enabled);
+    s->read("model_dir", c.model_dir);
+    s->read("model_path", c.model_path);
+    s->read("vad_model_path", c.vad_model_path);
+    s->read_enum("model_size", c.model_size,
+                 {"tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en", "large-v1",
+                  "large-v2", "large-v3", "large-v3-turbo"});
+    s->read_enum("device", c.device, {"cpu", "cuda", "auto"});
+    s->read_enum("compute_type", c.compute_type, {"float16", "float32", "int8", "int8_float16"});
+    s->read_int("parallel", c.parallel, 1, 64);
+    s->read_int("max_queue", c.max_queue, 0, 100000);
+    s->read_bytes("max_audio_size", c.max_audio_bytes, 1);
+    s->read_seconds("max_audio_duration", c.max_audio_seconds, 1);
+    s->finish();
+  }
+  if (auto s = root.section("image")) {
+    auto& c = config.image;
+    s->read("enabled", c.enabled);
+    s->read("model_path", c.model_path);
+    s->read_enum("vae", c.vae, {"auto", "full", "taesd"});
+    s->read("attention_slicing", c.attention_slicing);
+    s->read("vae_tiling", c.vae_tiling);
+    s->read("outputs_dir", c.outputs_dir);
+    s->read_int("max_width", c.max_width, 64, 16384);
+    s->read_int("max_height", c.max_height, 64, 16384);
+    s->read_int("max_queue", c.max_queue, 0, 100000);
+    s->finish();
+  }
+  if (auto s = root.section("media")) {
+    read_media(*s, config.media);
+    s->finish();
+  }
+  root.finish();
+  return config;
+}
+
+Config load_config_file(const std::string& path) { return parse_config(read_file(path, "config file"), path); }
+
+void load_media_config_file(const std::string& path, MediaConfig& media) {
+  Section root(parse_yaml(read_file(path, "media config file"), path), "", path);
+  read_media(root, media);
+  root.finish();
+}
+
+std::map<std::string, std::string> process_environment() {
+  std::map<std::string, std::string> env;
+  for (char** entry = environ; entry && *entry; ++entry) {
+    const std::string text(*entry);
+    const auto eq = text.find('=');
+    if (eq != std::string::npos) env.emplace(text.substr(0, eq), text.substr(eq + 1));
+  }
+  return env;
+}
+
+std::vector<std::string> apply_environment(Config& config, Role role,
+                                           const std::map<std::string, std::string>& env) {
+  std::vector<std::string> applied;
+  auto get = [&](const char* name) -> std::optional<std::string> {
+    const auto it = env.find(name);
+    if (it == env.end() || it->second.empty()) return std::nullopt;
+    return it->second;
+  };
+  auto set_bool = [&](const char* name, bool& field, const char* key) {
+    if (auto value = get(name)) {
+      const auto parsed = parse_bool(*value);
+      if (!parsed) {
+        throw ConfigError(fmt::format("environment: {}: invalid value '{}' (allowed: true, false)", name, *value));
+      }
+      field = *parsed;
+      applied.push_back(fmt::format("{}={} -> {}", name, *value, key));
+    }
+  };
+  auto set_enum = [&](const char* name, std::string& field, const char* key, const std::vector<std::string>& allowed) {
+    if (auto value = get(name)) {
+      if (std::find(allowed.begin(), allowed.end(), *value) == allowed.end()) {
+        throw ConfigError(
+            fmt::format("environment: {}: invalid value '{}' (allowed: {})", name, *value, join(allowed)));
+      }
+      field = *value;
+      applied.push_back(fmt::format("{}={} -> {}", name, *value, key));
+    }
+  };
+
+  if (auto value = get("MMSERVE_MODELS")) {
+    config.models_dir = *value;
+    applied.push_back(fmt::format("MMSERVE_MODELS={} -> models_dir", *value));
+  }
+  // MODEL_PATH names the model of the one service a role runs; the seed sets
+  // it for both llava-service and stable-diffusion, so `serve` (every
+  // service at once) cannot know which one is meant.
+  if (auto value = get("MODEL_PATH")) {
+    if (role == Role::vision) config.vision.model_path = *value;
+    else if (role == Role::image) config.image.model_path = *value;
+    else if (role == Role::speech) config.speech.model_path = *value;
+    else {
+      throw ConfigError(fmt::format(
+          "environment: MODEL_PATH is ambiguous for role '{}' (it names one service's model): run "
+          "`mmserve vision`, `mmserve speech` or `mmserve image`, or set vision.model_path / "
+          "speech.model_path / image.model_path in the config file",
+          role_name(role)));
+    }
+    applied.push_back(fmt::format("MODEL_PATH={} -> {}.model_path", *value, role_name(role)));
+  }
+  set_bool("LOAD_8BIT", config.vision.load_8bit, "vision.load_8bit");
+  set_enum("MODEL_SIZE", config.speech.model_size, "speech.model_size",
+           {"tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en", "large-v1", "large-v2",
+            "large-v3", "large-v3-turbo"});
+  set_enum("DEVICE", config.speech.device, "speech.device", {"cpu", "cuda", "auto"});
+  set_enum("COMPUTE_TYPE", config.speech.compute_type, "speech.compute_type",
+           {"float16", "float32", "int8", "int8_float16"});
+  set_bool("ENABLE_ATTENTION_SLICING", config.image.attention_slicing, "image.attention_slicing");
+  set_bool("ENABLE_VAE_TILING", config.image.vae_tiling, "image.vae_tiling");
+  return applied;
+}
+
+void finalize_config(Config& config) {
+  if (!config.media_config_file.empty()) load_media_config_file(config.media_config_file, config.media);
+  if (config.models_dir.empty()) {
+    const char* cache = std::getenv("XDG_CACHE_HOME");
+    const char* home = std::getenv("HOME");
+    if (cache && *cache) config.models_dir = std::string(cache) + "/mmserve/models";
+    else if (home && *home) config.models_dir = std::string(home) + "/.cache/mmserve/models";
+    else config.models_dir = "models";
+  }
+  if (config.speech.model_dir.empty()) config.speech.model_dir = config.models_dir;
+  if (config.server.host.empty()) throw ConfigError("server.host: must not be empty");
+}
+
+std::string dump_config(const Config& c) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "models_dir" << YAML::Value << c.models_dir;
+  out << YAML::Key << "media_config_file" << YAML::Value << c.media_config_file;
+  out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "host" << YAML::Value << c.server.host;
+  out << YAML::Key << "port" << YAML::Value << c.server.port;
+  out << YAML::Key << "io_threads" << YAML::Value << c.server.io_threads;
+  out << YAML::Key << "max_body_size" << YAML::Value << c.server.max_body_bytes;
+  out << YAML::Key << "max_header_size" << YAML::Value << c.server.max_header_bytes;
+  out << YAML::Key << "max_connections" << YAML::Value << c.server.max_connections;
+  out << YAML::Key << "request_timeout" << YAML::Value << c.server.request_timeout_s;
+  out << YAML::Key << "idle_timeout" << YAML::Value << c.server.idle_timeout_s;
+  out << YAML::Key << "shutdown_grace_period" << YAML::Value << c.server.shutdown_grace_s;
+  out << YAML::Key << "playground" << YAML::Value << c.server.playground;
+  out << YAML::EndMap;
+  out << YAML::Key << "logging" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "level" << YAML::Value << c.logging.level;
+  out << YAML::Key << "format" << YAML::Value << c.logging.format;
+  out << YAML::Key << "access_log" << YAML::Value << c.logging.access_log;
+  out << YAML::EndMap;
+  out << YAML::Key << "vision" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << c.vision.enabled;
+  out << YAML::Key << "model_path" << YAML::Value << c.vision.model_path;
+  out << YAML::Key << "mmproj_path" << YAML::Value << c.vision.mmproj_path;
+  out << YAML::Key << "model_name" << YAML::Value << c.vision.model_name;
+  out << YAML::Key << "load_8bit" << YAML::Value << c.vision.load_8bit;
+  out << YAML::Key << "dtype" << YAML::Value << c.vision.dtype;
+  out << YAML::Key << "max_model_len" << YAML::Value << c.vision.max_model_len;
+  out << YAML::Key << "parallel" << YAML::Value << c.vision.parallel;
+  out << YAML::Key << "max_queue" << YAML::Value << c.vision.max_queue;
+  out << YAML::Key << "gpu_count" << YAML::Value << c.vision.gpu_count;
+  out << YAML::Key << "threads" << YAML::Value << c.vision.threads;
+  out << YAML::EndMap;
+  out << YAML::Key << "speech" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << c.speech.enabled;
+  out << YAML::Key << "model_dir" << YAML::Value << c.speech.model_dir;
+  out << YAML::Key << "model_size" << YAML::Value << c.speech.model_size;
+  out << YAML::Key << "model_path" << YAML::Value << c.speech.model_path;
+  out << YAML::Key << "vad_model_path" << YAML::Value << c.speech.vad_model_path;
+  out << YAML::Key << "device" << YAML::Value << c.speech.device;
+  out << YAML::Key << "compute_type" << YAML::Value << c.speech.compute_type;
+  out << YAML::Key << "parallel" << YAML::Value << c.speech.parallel;
+  out << YAML::Key << "max_queue" << YAML::Value << c.speech.max_queue;
+  out << YAML::Key << "max_audio_size" << YAML::Value << c.speech.max_audio_bytes;
+  out << YAML::Key << "max_audio_duration" << YAML::Value << c.speech.max_audio_seconds;
+  out << YAML::EndMap;
+  out << YAML::Key << "image" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << c.image.enabled;
+  out << YAML::Key << "model_path" << YAML::Value << c.image.model_path;
+  out << YAML::Key << "vae" << YAML::Value << c.image.vae;
+  out << YAML::Key << "attention_slicing" << YAML::Value << c.image.attention_slicing;
+  out << YAML::Key << "vae_tiling" << YAML::Value << c.image.vae_tiling;
+  out << YAML::Key << "outputs_dir" << YAML::Value << c.image.outputs_dir;
+  out << YAML::Key << "max_width" << YAML::Value << c.image.max_width;
+  out << YAML::Key << "max_height" << YAML::Value << c.image.max_height;
+  out << YAML::Key << "max_queue" << YAML::Value << c.image.max_queue;
+  out << YAML::EndMap;
+  out << YAML::Key << "media" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "preprocessing" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "max_image_size" << YAML::Value << c.media.max_image_size;
+  out << YAML::Key << "supported_formats" << YAML::Value << YAML::Flow << c.media.supported_formats;
+  out << YAML::Key << "resize_mode" << YAML::Value << c.media.resize_mode;
+  out << YAML::Key << "normalize" << YAML::Value << c.media.normalize;
+  out << YAML::EndMap;
+  out << YAML::Key << "storage" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "temp_dir" << YAML::Value << c.media.temp_dir;
+  out << YAML::Key << "max_cache_size" << YAML::Value << c.media.max_cache_bytes;
+  out << YAML::Key << "cleanup_interval" << YAML::Value << c.media.cleanup_interval_s;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+} // namespace mmserve

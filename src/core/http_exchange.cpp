@@ -1,0 +1,266 @@
+#include "core/http_exchange.hpp"
+
+#include "core/version.hpp"
+
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <fmt/format.h>
+
+namespace mmserve::http {
+namespace {
+
+constexpr size_t kChunkBufferSize = 64 * 1024;
+
+bool is_disconnect(const boost::system::error_code& ec) {
+  return ec == net::error::eof || ec == net::error::connection_reset || ec == net::error::broken_pipe ||
+         ec == net::error::operation_aborted || ec == beast::error::timeout || ec == bhttp::error::end_of_stream ||
+         ec == net::error::not_connected || ec == net::error::bad_descriptor;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+} // namespace
+
+std::optional<std::string> url_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '+') {
+      out += ' ';
+    } else if (c == '%') {
+      if (i + 2 >= text.size()) return std::nullopt;
+      const int hi = hex_value(text[i + 1]), lo = hex_value(text[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      out += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+HttpExchange::HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
+                           std::string request_id, std::string remote_address, ExchangeLimits limits,
+                           const std::atomic<bool>& draining)
+    : stream_(stream), buffer_(buffer), parser_(parser), request_id_(std::move(request_id)),
+      remote_address_(std::move(remote_address)), limits_(limits), draining_(draining) {
+  const std::string_view target = parser_.get().target();
+  const auto question = target.find('?');
+  path_ = std::string(target.substr(0, question));
+  if (question != std::string_view::npos) {
+    std::string_view rest = target.substr(question + 1);
+    while (!rest.empty()) {
+      const auto amp = rest.find('&');
+      const std::string_view pair = rest.substr(0, amp);
+      const auto eq = pair.find('=');
+      auto key = url_decode(pair.substr(0, eq));
+      auto value = eq == std::string_view::npos ? std::optional<std::string>("") : url_decode(pair.substr(eq + 1));
+      if (key && value && !key->empty()) query_[*key] = *value;
+      if (amp == std::string_view::npos) break;
+      rest.remove_prefix(amp + 1);
+    }
+  }
+}
+
+std::string HttpExchange::header(bhttp::field name) const {
+  const auto it = parser_.get().find(name);
+  return it == parser_.get().end() ? std::string() : std::string(it->value());
+}
+
+std::string HttpExchange::header(std::string_view name) const {
+  const auto it = parser_.get().find(beast::string_view(name.data(), name.size()));
+  return it == parser_.get().end() ? std::string() : std::string(it->value());
+}
+
+std::optional<uint64_t> HttpExchange::content_length() const {
+  const auto length = parser_.content_length();
+  if (!length) return std::nullopt;
+  return static_cast<uint64_t>(*length);
+}
+
+void HttpExchange::arm_timer() {
+  const auto now = Clock::now();
+  const auto io_deadline = now + limits_.io_timeout;
+  stream_.expires_at(std::min(io_deadline, limits_.deadline));
+}
+
+net::awaitable<void> HttpExchange::send_continue_if_expected() {
+  if (continue_sent_) co_return;
+  continue_sent_ = true;
+  if (!beast::iequals(header(bhttp::field::expect), "100-continue")) co_return;
+  static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+  boost::system::error_code ec;
+  arm_timer();
+  co_await net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
+                            net::redirect_error(net::use_awaitable, ec));
+  if (ec) throw ClientGone("client went away before sending its body: " + ec.message());
+}
+
+net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
+  if (parser_.is_done()) co_return std::string_view();
+  if (const auto length = content_length(); length && *length > limits_.max_body_bytes) {
+    force_close_ = true;
+    throw ApiError::payload_too_large(fmt::format("Request body of {} bytes is larger than the limit of {} bytes.",
+                                                  *length, limits_.max_body_bytes));
+  }
+  co_await send_continue_if_expected();
+  if (chunk_buffer_.empty()) chunk_buffer_.resize(kChunkBufferSize);
+  for (;;) {
+    auto& body = parser_.get().body();
+    body.data = chunk_buffer_.data();
+    body.size = chunk_buffer_.size();
+    boost::system::error_code ec;
+    arm_timer();
+    co_await bhttp::async_read_some(stream_, buffer_, parser_, net::redirect_error(net::use_awaitable, ec));
+    if (ec == bhttp::error::need_buffer) ec = {};
+    if (ec) {
+      force_close_ = true;
+      if (ec == beast::error::timeout) {
+        throw ApiError::timeout("Timed out waiting for the request body.");
+      }
+      if (is_disconnect(ec) || ec == bhttp::error::partial_message) {
+        throw ClientGone("client went away while sending its body: " + ec.message());
+      }
+      throw ApiError::bad_request("Malformed request body: " + ec.message(), std::nullopt, "malformed_body");
+    }
+    const size_t produced = chunk_buffer_.size() - parser_.get().body().size;
+    body_bytes_read_ += produced;
+    if (body_bytes_read_ > limits_.max_body_bytes) {
+      force_close_ = true;
+      throw ApiError::payload_too_large(
+          fmt::format("Request body is larger than the limit of {} bytes.", limits_.max_body_bytes));
+    }
+    if (produced > 0) co_return std::string_view(chunk_buffer_.data(), produced);
+    if (parser_.is_done()) co_return std::string_view();
+  }
+}
+
+net::awaitable<std::string> HttpExchange::read_body(std::optional<uint64_t> limit) {
+  const uint64_t max_bytes = std::min(limit.value_or(limits_.max_body_bytes), limits_.max_body_bytes);
+  if (const auto length = content_length(); length && *length > max_bytes) {
+    force_close_ = true;
+    throw ApiError::payload_too_large(
+        fmt::format("Request body of {} bytes is larger than the limit of {} bytes.", *length, max_bytes));
+  }
+  std::string body;
+  if (const auto length = content_length()) body.reserve(*length);
+  for (;;) {
+    const auto chunk = co_await read_body_chunk();
+    if (chunk.empty()) break;
+    if (body.size() + chunk.size() > max_bytes) {
+      force_close_ = true;
+      throw ApiError::payload_too_large(fmt::format("Request body is larger than the limit of {} bytes.", max_bytes));
+    }
+    body.append(chunk);
+  }
+  co_return body;
+}
+
+void HttpExchange::set_header(std::string name, std::string value) {
+  extra_headers_.emplace_back(std::move(name), std::move(value));
+}
+
+bool HttpExchange::keep_alive() const {
+  return !force_close_ && !draining_.load() && parser_.get().keep_alive() && parser_.is_done();
+}
+
+template <typename Message>
+void HttpExchange::apply_common_headers(Message& message) {
+  message.set(bhttp::field::server, std::string("mmserve/") + kVersion);
+  message.set("X-Request-Id", request_id_);
+  for (const auto& [name, value] : extra_headers_) message.set(name, value);
+}
+
+net::awaitable<void> HttpExchange::respond(unsigned status, std::string body, std::string_view content_type) {
+  if (response_started_) throw std::logic_error("response already started");
+  response_started_ = true;
+  status_ = status;
+  bhttp::response<bhttp::string_body> response{static_cast<bhttp::status>(status), 11};
+  apply_common_headers(response);
+  response.set(bhttp::field::content_type, beast::string_view(content_type.data(), content_type.size()));
+  response.body() = std::move(body);
+  response.prepare_payload();
+  response.keep_alive(keep_alive());
+  if (method() == bhttp::verb::head) response.body().clear(); // length header kept as computed
+  boost::system::error_code ec;
+  arm_timer();
+  bhttp::response_serializer<bhttp::string_body> serializer{response};
+  const size_t written =
+      co_await bhttp::async_write(stream_, serializer, net::redirect_error(net::use_awaitable, ec));
+  bytes_sent_ += written;
+  if (ec) {
+    force_close_ = true;
+    throw ClientGone("client went away before the response was sent: " + ec.message());
+  }
+  response_finished_ = true;
+}
+
+net::awaitable<void> HttpExchange::respond_json(unsigned status, const nlohmann::json& body) {
+  co_await respond(status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n",
+                   "application/json");
+}
+
+net::awaitable<void> HttpExchange::respond_error(const ApiError& error) {
+  if (error.retry_after_seconds() > 0) set_header("Retry-After", std::to_string(error.retry_after_seconds()));
+  if (error.status() == 413 || error.status() == 431 || error.status() == 408) force_close_ = true;
+  co_await respond_json(static_cast<unsigned>(error.status()), error.to_json());
+}
+
+net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_view content_type) {
+  if (response_started_) throw std::logic_error("response already started");
+  response_started_ = true;
+  status_ = status;
+  stream_header_.emplace(static_cast<bhttp::status>(status), 11);
+  auto& header = *stream_header_;
+  apply_common_headers(header);
+  header.set(bhttp::field::content_type, beast::string_view(content_type.data(), content_type.size()));
+  header.set(bhttp::field::cache_control, "no-cache");
+  header.set("X-Accel-Buffering", "no"); // tell nginx-style proxies not to buffer the stream
+  header.chunked(true);
+  header.keep_alive(keep_alive());
+  stream_serializer_.emplace(header);
+  boost::system::error_code ec;
+  arm_timer();
+  bytes_sent_ += co_await bhttp::async_write_header(stream_, *stream_serializer_,
+                                                    net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    force_close_ = true;
+    throw ClientGone("client went away: " + ec.message());
+  }
+}
+
+net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
+  if (!stream_serializer_) throw std::logic_error("write_chunk before begin_stream");
+  if (data.empty()) co_return; // an empty chunk would end the stream
+  boost::system::error_code ec;
+  arm_timer();
+  bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk(net::const_buffer(data.data(), data.size())),
+                                           net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    force_close_ = true;
+    throw ClientGone("client went away during the stream: " + ec.message());
+  }
+}
+
+net::awaitable<void> HttpExchange::end_stream() {
+  if (!stream_serializer_) throw std::logic_error("end_stream before begin_stream");
+  boost::system::error_code ec;
+  arm_timer();
+  bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk_last(),
+                                           net::redirect_error(net::use_awaitable, ec));
+  if (ec) {
+    force_close_ = true;
+    throw ClientGone("client went away at the end of the stream: " + ec.message());
+  }
+  response_finished_ = true;
+}
+
+} // namespace mmserve::http

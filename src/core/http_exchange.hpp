@@ -1,0 +1,129 @@
+// One HTTP request and its response, as a handler sees it. The body is read
+// on demand (whole, bounded, or chunk by chunk), and the response is written
+// whole or streamed with chunked encoding, so neither side is ever buffered
+// in full unless a handler asks for that.
+#pragma once
+
+#include "core/api_error.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mmserve::http {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+
+using Clock = std::chrono::steady_clock;
+using RequestParser = bhttp::request_parser<bhttp::buffer_body>;
+
+// Thrown when the client went away mid-request; the server closes quietly.
+class ClientGone : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ExchangeLimits {
+  uint64_t max_body_bytes = 0;
+  Clock::time_point deadline;
+  std::chrono::milliseconds io_timeout{60'000};
+};
+
+class HttpExchange {
+public:
+  HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
+               std::string request_id, std::string remote_address, ExchangeLimits limits,
+               const std::atomic<bool>& draining);
+
+  // ---- request ----
+  bhttp::verb method() const { return parser_.get().method(); }
+  std::string_view method_string() const { return parser_.get().method_string(); }
+  std::string_view target() const { return parser_.get().target(); }
+  std::string_view path() const { return path_; }
+  const bhttp::fields& headers() const { return parser_.get().base(); }
+  std::string header(bhttp::field name) const;
+  std::string header(std::string_view name) const;
+  // Decoded query parameters (last value wins).
+  const std::map<std::string, std::string>& query() const { return query_; }
+  // Values captured by "{name}" segments of the matched route.
+  const std::map<std::string, std::string>& path_params() const { return path_params_; }
+  void set_path_params(std::map<std::string, std::string> params) { path_params_ = std::move(params); }
+  const std::string& request_id() const { return request_id_; }
+  const std::string& remote_address() const { return remote_address_; }
+  Clock::time_point deadline() const { return limits_.deadline; }
+  std::optional<uint64_t> content_length() const;
+  uint64_t body_limit() const { return limits_.max_body_bytes; }
+
+  // The whole body, at most `limit` bytes (default: the server's body limit):
+  // 413 as soon as it is known to be larger.
+  net::awaitable<std::string> read_body(std::optional<uint64_t> limit = std::nullopt);
+  // The next piece of the body, or an empty view at its end. The view stays
+  // valid until the next call. Bounded by the server's body limit (413).
+  net::awaitable<std::string_view> read_body_chunk();
+  bool body_complete() const { return parser_.is_done(); }
+  uint64_t body_bytes_read() const { return body_bytes_read_; }
+
+  // ---- response ----
+  void set_header(std::string name, std::string value);
+  net::awaitable<void> respond(unsigned status, std::string body, std::string_view content_type);
+  net::awaitable<void> respond_json(unsigned status, const nlohmann::json& body);
+  net::awaitable<void> respond_error(const ApiError& error);
+
+  // Chunked streaming response (SSE and the like).
+  net::awaitable<void> begin_stream(unsigned status, std::string_view content_type);
+  net::awaitable<void> write_chunk(std::string_view data);
+  net::awaitable<void> end_stream();
+
+  bool response_started() const { return response_started_; }
+  bool response_finished() const { return response_finished_; }
+  unsigned status() const { return status_; }
+  uint64_t bytes_sent() const { return bytes_sent_; }
+  // False when the connection must close after this exchange (body left
+  // unread, a streaming error, the client asked for it, or shutdown).
+  bool keep_alive() const;
+  void force_close() { force_close_ = true; }
+
+private:
+  template <typename Message> void apply_common_headers(Message& message);
+  net::awaitable<void> send_continue_if_expected();
+  void arm_timer();
+
+  beast::tcp_stream& stream_;
+  beast::flat_buffer& buffer_;
+  RequestParser& parser_;
+  std::string request_id_;
+  std::string remote_address_;
+  ExchangeLimits limits_;
+  const std::atomic<bool>& draining_;
+  std::string path_;
+  std::map<std::string, std::string> query_;
+  std::map<std::string, std::string> path_params_;
+  std::vector<std::pair<std::string, std::string>> extra_headers_;
+  std::vector<char> chunk_buffer_;
+  uint64_t body_bytes_read_ = 0;
+  bool continue_sent_ = false;
+  bool response_started_ = false;
+  bool response_finished_ = false;
+  bool force_close_ = false;
+  unsigned status_ = 0;
+  uint64_t bytes_sent_ = 0;
+  std::optional<bhttp::response<bhttp::empty_body>> stream_header_;
+  std::optional<bhttp::response_serializer<bhttp::empty_body>> stream_serializer_;
+};
+
+// Percent-decoding for query strings ('+' as space); nullopt on bad escapes.
+std::optional<std::string> url_decode(std::string_view text);
+
+} // namespace mmserve::http

@@ -1,0 +1,75 @@
+// The HTTP/1.1 server every role runs: Boost.Beast on Asio C++20 coroutines,
+// keep-alive, chunked bodies both ways, per-request deadlines, request IDs,
+// access log, metrics, connection and size limits, graceful drain.
+#pragma once
+
+#include "core/config.hpp"
+#include "core/router.hpp"
+#include "core/server_metrics.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+namespace mmserve::http {
+
+class HttpServer {
+public:
+  HttpServer(const ServerConfig& config, bool access_log, Router& router, ServerMetrics& metrics);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds and listens; throws std::runtime_error naming the address on failure.
+  void listen();
+  uint16_t port() const { return bound_port_; }
+
+  // Serves on the configured number of threads until drain() has finished.
+  void run();
+
+  // Graceful shutdown, callable from any thread: stop accepting, close idle
+  // keep-alive connections, let in-flight requests finish for up to
+  // `grace`, then stop; run() then returns.
+  void drain(std::chrono::milliseconds grace);
+  bool draining() const { return draining_.load(); }
+  const std::atomic<bool>& draining_flag() const { return draining_; }
+  size_t active_requests() const { return active_requests_.load(); }
+
+  net::io_context& io_context() { return ioc_; }
+
+private:
+  struct Connection;
+
+  net::awaitable<void> accept_loop();
+  net::awaitable<void> serve_connection(net::ip::tcp::socket socket);
+  net::awaitable<void> refuse_connection(net::ip::tcp::socket socket);
+  net::awaitable<bool> handle_request(beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                                      RequestParser& parser, const std::string& remote);
+  net::awaitable<void> watch_drain(std::chrono::steady_clock::time_point deadline);
+  void close_idle_connections();
+
+  const ServerConfig config_;
+  const bool access_log_;
+  Router& router_;
+  ServerMetrics& metrics_;
+  net::io_context ioc_;
+  net::ip::tcp::acceptor acceptor_;
+  uint16_t bound_port_ = 0;
+  std::atomic<bool> draining_{false};
+  std::atomic<size_t> active_requests_{0};
+  std::atomic<size_t> open_connections_{0};
+  std::mutex connections_mutex_;
+  uint64_t next_connection_id_ = 0;
+  std::unordered_map<uint64_t, std::weak_ptr<Connection>> connections_;
+};
+
+// A random 128-bit id in hex, or the client's X-Request-Id when it is sane.
+std::string choose_request_id(std::string_view client_value);
+
+} // namespace mmserve::http

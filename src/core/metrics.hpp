@@ -1,0 +1,128 @@
+// A small Prometheus metrics registry (Debian ships no prometheus-cpp):
+// counters, gauges and histograms with labels, rendered in the text
+// exposition format 0.0.4. Series are created on first use and never removed,
+// so callers must keep label values to a bounded set (routes, not raw paths).
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace mmserve::metrics {
+
+using LabelValues = std::vector<std::string>;
+
+class Counter {
+public:
+  void inc(double amount = 1.0);
+  double value() const { return value_.load(std::memory_order_relaxed); }
+  // For collectors mirroring a monotonic counter kept elsewhere (the kernel's
+  // CPU time): sets the total, never lowering it.
+  void mirror(double total);
+
+private:
+  std::atomic<double> value_{0.0};
+};
+
+class Gauge {
+public:
+  void set(double value) { value_.store(value, std::memory_order_relaxed); }
+  void add(double amount);
+  void inc() { add(1.0); }
+  void dec() { add(-1.0); }
+  double value() const { return value_.load(std::memory_order_relaxed); }
+
+private:
+  std::atomic<double> value_{0.0};
+};
+
+class Histogram {
+public:
+  explicit Histogram(const std::vector<double>& upper_bounds);
+  void observe(double value);
+
+  struct Snapshot {
+    std::vector<uint64_t> cumulative_counts; // one per bound, then +Inf
+    uint64_t count = 0;
+    double sum = 0.0;
+  };
+  Snapshot snapshot() const;
+
+private:
+  const std::vector<double>& bounds_;
+  std::unique_ptr<std::atomic<uint64_t>[]> bucket_counts_; // non-cumulative, last is +Inf
+  std::atomic<uint64_t> count_{0};
+  std::atomic<double> sum_{0.0};
+};
+
+enum class MetricType { counter, gauge, histogram };
+
+// One metric name with fixed label names; one series per distinct label values.
+template <typename Series>
+class Family {
+public:
+  Family(std::string name, std::string help, std::vector<std::string> label_names,
+         std::vector<double> buckets = {});
+
+  // The series for these label values (created on first use). Throws
+  // std::invalid_argument when the number of values does not match.
+  Series& labels(const LabelValues& values);
+  Series& labels(std::initializer_list<std::string> values) { return labels(LabelValues(values)); }
+
+  const std::string& name() const { return name_; }
+  void render(std::string& out) const;
+
+private:
+  std::string name_;
+  std::string help_;
+  std::vector<std::string> label_names_;
+  std::vector<double> buckets_;
+  mutable std::mutex mutex_;
+  std::map<LabelValues, std::unique_ptr<Series>> series_;
+};
+
+using CounterFamily = Family<Counter>;
+using GaugeFamily = Family<Gauge>;
+using HistogramFamily = Family<Histogram>;
+
+// Default buckets for durations in seconds, from a millisecond to ten minutes.
+std::vector<double> duration_buckets();
+// Exponential buckets: start, start*factor, ... (count values).
+std::vector<double> exponential_buckets(double start, double factor, int count);
+
+class Registry {
+public:
+  CounterFamily& counter(const std::string& name, const std::string& help,
+                         std::vector<std::string> label_names = {});
+  GaugeFamily& gauge(const std::string& name, const std::string& help,
+                     std::vector<std::string> label_names = {});
+  HistogramFamily& histogram(const std::string& name, const std::string& help,
+                             std::vector<std::string> label_names, std::vector<double> buckets);
+
+  // Runs before each render; used for values read at scrape time (process stats).
+  void add_collector(std::function<void()> collector);
+
+  // The whole registry in Prometheus text exposition format 0.0.4.
+  std::string render() const;
+
+private:
+  void check_new_name(const std::string& name) const;
+
+  mutable std::mutex mutex_;
+  std::vector<std::unique_ptr<CounterFamily>> counters_;
+  std::vector<std::unique_ptr<GaugeFamily>> gauges_;
+  std::vector<std::unique_ptr<HistogramFamily>> histograms_;
+  std::vector<std::pair<std::string, MetricType>> order_;
+  std::vector<std::function<void()>> collectors_;
+};
+
+// Label value escaping per the exposition format (backslash, quote, newline).
+std::string escape_label_value(const std::string& value);
+// Formats a sample value the way Prometheus parses it (+Inf, -Inf, NaN).
+std::string format_value(double value);
+
+} // namespace mmserve::metrics

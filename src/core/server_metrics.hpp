@@ -1,0 +1,35 @@
+// The metrics every mmserve process exports: the seed's five (exact names and
+// types), HTTP, queue and model state, and process statistics.
+#pragma once
+
+#include "core/metrics.hpp"
+
+namespace mmserve {
+
+struct ServerMetrics {
+  ServerMetrics();
+  ServerMetrics(const ServerMetrics&) = delete;
+  ServerMetrics& operator=(const ServerMetrics&) = delete;
+
+  metrics::Registry registry;
+
+  // The seed's table.
+  metrics::HistogramFamily& image_processing_seconds; // service, step
+  metrics::HistogramFamily& image_size_bytes;         // service
+  metrics::HistogramFamily& model_inference_seconds;  // service, model, phase
+  metrics::CounterFamily& tokens_generated_total;     // service, model
+  metrics::CounterFamily& images_generated_total;     // model
+
+  // HTTP.
+  metrics::CounterFamily& http_requests_total;              // method, route, code
+  metrics::HistogramFamily& http_request_duration_seconds;  // method, route
+  metrics::GaugeFamily& http_requests_in_flight;            // (none)
+  metrics::GaugeFamily& http_connections_open;              // (none)
+
+  // Services.
+  metrics::GaugeFamily& queue_depth;  // service
+  metrics::GaugeFamily& model_ready;  // service, model
+  metrics::GaugeFamily& build_info;   // version
+};
+
+} // namespace mmserve
