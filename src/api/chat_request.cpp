@@ -40,7 +40,8 @@ ChatContentPart parse_part(const json& part, const std::string& param) {
   const std::string kind = type->get<std::string>();
   if (kind == "text") {
     const auto text = part.find("text");
-    if (text == part.end() || !text->is_string()) throw_invalid_type(param + ".text", "a string", text == part.end() ? json() : *text);
+    if (text == part.end() || !text->is_string())
+      throw_invalid_type(param + ".text", "a string", text == part.end() ? json() : *text);
     result.kind = ChatContentPart::Kind::text;
     result.text = text->get<std::string>();
   } else if (kind == "image_url") {
@@ -51,11 +52,14 @@ ChatContentPart parse_part(const json& part, const std::string& param) {
     }
     // Accepted as an object {"url": ...} (OpenAI) or a bare string (common in other servers).
     const json* url = nullptr;
-    if (image->is_string()) url = &*image;
-    else if (image->is_object() && image->contains("url")) url = &(*image)["url"];
+    if (image->is_string())
+      url = &*image;
+    else if (image->is_object() && image->contains("url"))
+      url = &(*image)["url"];
     if (!url || !url->is_string() || url->get<std::string>().empty()) {
-      throw ApiError::bad_request(fmt::format("Invalid value for '{}.image_url.url': expected a non-empty string.", param),
-                                  param + ".image_url.url", "invalid_value");
+      throw ApiError::bad_request(
+          fmt::format("Invalid value for '{}.image_url.url': expected a non-empty string.", param),
+          param + ".image_url.url", "invalid_value");
     }
     result.kind = ChatContentPart::Kind::image_url;
     result.url = url->get<std::string>();
@@ -103,8 +107,9 @@ ChatMessage parse_message(const json& message, const std::string& param) {
     for (size_t i = 0; i < content->size(); ++i) {
       result.parts.push_back(parse_part((*content)[i], fmt::format("{}.content[{}]", param, i)));
       if (result.parts.back().kind == ChatContentPart::Kind::image_url && result.role != "user") {
-        throw ApiError::bad_request(fmt::format("Images are only allowed in user messages ('{}.content[{}]').", param, i),
-                                    fmt::format("{}.content[{}]", param, i), "invalid_value");
+        throw ApiError::bad_request(
+            fmt::format("Images are only allowed in user messages ('{}.content[{}]').", param, i),
+            fmt::format("{}.content[{}]", param, i), "invalid_value");
       }
     }
   } else {
@@ -118,7 +123,8 @@ ChatMessage parse_message(const json& message, const std::string& param) {
 size_t ChatRequest::image_count() const {
   size_t count = 0;
   for (const auto& message : messages) {
-    for (const auto& part : message.parts) count += part.kind == ChatContentPart::Kind::image_url;
+    for (const auto& part : message.parts)
+      count += part.kind == ChatContentPart::Kind::image_url;
   }
   return count;
 }
@@ -135,8 +141,8 @@ ChatRequest parse_chat_request(const json& body) {
   }
   if (!messages->is_array()) throw_invalid_type("messages", "an array", *messages);
   if (messages->empty()) {
-    throw ApiError::bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                                "messages", "empty_array");
+    throw ApiError::bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.", "messages",
+                                "empty_array");
   }
   for (size_t i = 0; i < messages->size(); ++i) {
     request.messages.push_back(parse_message((*messages)[i], fmt::format("messages[{}]", i)));
@@ -200,7 +206,8 @@ ChatRequest parse_chat_request(const json& body) {
       throw ApiError::bad_request("Missing required parameter: 'response_format.type'.", "response_format.type",
                                   "missing_required_parameter");
     }
-    if (*type == "json_object") request.json_object = true;
+    if (*type == "json_object")
+      request.json_object = true;
     else if (*type != "text") {
       throw ApiError::bad_request(fmt::format("Invalid value for 'response_format.type': '{}' (supported: text, "
                                               "json_object).",

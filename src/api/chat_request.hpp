@@ -21,7 +21,7 @@ struct ChatContentPart {
 };
 
 struct ChatMessage {
-  std::string role;   // system developer user assistant
+  std::string role; // system developer user assistant
   std::vector<ChatContentPart> parts;
 };
 

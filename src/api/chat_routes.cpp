@@ -25,10 +25,12 @@ void register_chat_routes(http::Router& router, const ModelBoard& board, ChatEng
     }
     if (!target) {
       std::vector<std::string> ids;
-      for (const auto& model : vision_models) ids.push_back(model.id);
-      throw ApiError::not_found(fmt::format("The model '{}' does not exist. Available chat models: {}.", request.model,
-                                            ids.empty() ? std::string("none") : fmt::format("{}", fmt::join(ids, ", "))),
-                                "model_not_found");
+      for (const auto& model : vision_models)
+        ids.push_back(model.id);
+      throw ApiError::not_found(
+          fmt::format("The model '{}' does not exist. Available chat models: {}.", request.model,
+                      ids.empty() ? std::string("none") : fmt::format("{}", fmt::join(ids, ", "))),
+          "model_not_found");
     }
     if (target->state != ModelState::loaded || !engine) {
       throw ApiError::unavailable(fmt::format("The model '{}' is not loaded ({}){}{}.", target->id,

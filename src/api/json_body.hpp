@@ -15,7 +15,6 @@ http::net::awaitable<nlohmann::json> read_json_object(http::HttpExchange& exchan
 // "an integer", "a string", ... as OpenAI's messages name JSON types.
 std::string json_type_phrase(const nlohmann::json& value);
 // 400 "Invalid type for 'param': expected X, but got Y instead."
-[[noreturn]] void throw_invalid_type(const std::string& param, const std::string& expected,
-                                     const nlohmann::json& got);
+[[noreturn]] void throw_invalid_type(const std::string& param, const std::string& expected, const nlohmann::json& got);
 
 } // namespace mmserve::api

@@ -6,9 +6,8 @@ namespace mmserve::api {
 
 nlohmann::json model_object(const ModelStatus& model) {
   nlohmann::json object = {
-      {"id", model.id},           {"object", "model"},
-      {"created", model.created}, {"owned_by", "mmserve"},
-      {"service", model.service}, {"status", model_state_name(model.state)},
+      {"id", model.id},        {"object", "model"},        {"created", model.created},
+      {"owned_by", "mmserve"}, {"service", model.service}, {"status", model_state_name(model.state)},
   };
   if (model.state == ModelState::loading) object["progress"] = model.progress;
   if (!model.detail.empty()) object["detail"] = model.detail;
@@ -36,8 +35,7 @@ void register_system_routes(http::Router& router, const ModelBoard& board, Serve
     if (snapshot.empty()) reasons.emplace_back("no service is enabled: enable vision, speech or image in the config");
     if (draining.load()) reasons.insert(reasons.begin(), "shutting down: draining in-flight requests");
     const bool ready = reasons.empty();
-    const nlohmann::json body = {
-        {"status", ready ? "ready" : "not_ready"}, {"reasons", reasons}, {"models", models}};
+    const nlohmann::json body = {{"status", ready ? "ready" : "not_ready"}, {"reasons", reasons}, {"models", models}};
     co_await exchange.respond_json(ready ? 200 : 503, body);
   });
 
@@ -47,7 +45,8 @@ void register_system_routes(http::Router& router, const ModelBoard& board, Serve
 
   router.add("GET", "/v1/models", [&board](http::HttpExchange& exchange) -> http::net::awaitable<void> {
     nlohmann::json data = nlohmann::json::array();
-    for (const auto& model : board.snapshot()) data.push_back(model_object(model));
+    for (const auto& model : board.snapshot())
+      data.push_back(model_object(model));
     const nlohmann::json body = {{"object", "list"}, {"data", data}};
     co_await exchange.respond_json(200, body);
   });

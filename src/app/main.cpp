@@ -39,6 +39,11 @@ struct ServiceFlags {
   std::string outputs_dir;
   bool attention_slicing = false;
   bool vae_tiling = false;
+  std::map<std::string, CLI::Option*> options; // by long name, to tell given from default
+  bool given(const std::string& name) const {
+    const auto it = options.find(name);
+    return it != options.end() && it->second->count() > 0;
+  }
 };
 
 void add_common_flags(CLI::App& command, CommonFlags& flags) {
@@ -54,40 +59,51 @@ void add_common_flags(CLI::App& command, CommonFlags& flags) {
 }
 
 void add_vision_flags(CLI::App& command, ServiceFlags& flags) {
-  command.add_option("--model", flags.model, "GGUF model file or folder (vision.model_path; vLLM's --model)");
-  command.add_option("--mmproj", flags.mmproj, "GGUF projector file (vision.mmproj_path)");
-  command.add_option("--served-model-name", flags.served_model_name, "Model id clients use (vision.model_name)");
-  command.add_option("--dtype", flags.dtype, "Weight type: auto, float16, bfloat16, float32 (vision.dtype)")
-      ->check(CLI::IsMember({"auto", "half", "float16", "bfloat16", "float", "float32"}));
-  command.add_option("--max-model-len", flags.max_model_len, "Context length in tokens (vision.max_model_len)")
-      ->check(CLI::Range(64, 1 << 22));
-  command.add_flag("--trust-remote-code", flags.trust_remote_code,
-                   "Accepted for vLLM compatibility; mmserve runs no code from model folders");
+  flags.options["--model"] =
+      command.add_option("--model", flags.model, "GGUF model file or folder (vision.model_path; vLLM's --model)");
+  flags.options["--mmproj"] = command.add_option("--mmproj", flags.mmproj, "GGUF projector file (vision.mmproj_path)");
+  flags.options["--served-model-name"] =
+      command.add_option("--served-model-name", flags.served_model_name, "Model id clients use (vision.model_name)");
+  flags.options["--dtype"] =
+      command.add_option("--dtype", flags.dtype, "Weight type: auto, float16, bfloat16, float32 (vision.dtype)")
+          ->check(CLI::IsMember({"auto", "half", "float16", "bfloat16", "float", "float32"}));
+  flags.options["--max-model-len"] =
+      command.add_option("--max-model-len", flags.max_model_len, "Context length in tokens (vision.max_model_len)")
+          ->check(CLI::Range(64, 1 << 22));
+  flags.options["--trust-remote-code"] =
+      command.add_flag("--trust-remote-code", flags.trust_remote_code,
+                       "Accepted for vLLM compatibility; mmserve runs no code from model folders");
 }
 
 void add_speech_flags(CLI::App& command, ServiceFlags& flags) {
-  command.add_option("--model", flags.model, "whisper.cpp model file (speech.model_path)");
-  command.add_option("--model-size", flags.model_size, "Model size to find in the model folder (speech.model_size)");
-  command.add_option("--device", flags.device, "cpu, cuda or auto (speech.device)")
-      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  command.add_option("--compute-type", flags.compute_type, "float16, float32, int8, int8_float16 (speech.compute_type)")
-      ->check(CLI::IsMember({"float16", "float32", "int8", "int8_float16"}));
+  flags.options["--model"] = command.add_option("--model", flags.model, "whisper.cpp model file (speech.model_path)");
+  flags.options["--model-size"] = command.add_option("--model-size", flags.model_size,
+                                                     "Model size to find in the model folder (speech.model_size)");
+  flags.options["--device"] = command.add_option("--device", flags.device, "cpu, cuda or auto (speech.device)")
+                                  ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  flags.options["--compute-type"] = command
+                                        .add_option("--compute-type", flags.compute_type,
+                                                    "float16, float32, int8, int8_float16 (speech.compute_type)")
+                                        ->check(CLI::IsMember({"float16", "float32", "int8", "int8_float16"}));
 }
 
 void add_image_flags(CLI::App& command, ServiceFlags& flags) {
-  command.add_option("--model", flags.model, "Diffusers folder or .safetensors checkpoint (image.model_path)");
-  command.add_option("--outputs-dir", flags.outputs_dir, "Where generated images are written (image.outputs_dir)");
-  command.add_flag("--attention-slicing", flags.attention_slicing, "Bound attention memory (image.attention_slicing)");
-  command.add_flag("--vae-tiling", flags.vae_tiling, "Decode latents in tiles (image.vae_tiling)");
+  flags.options["--model"] =
+      command.add_option("--model", flags.model, "Diffusers folder or .safetensors checkpoint (image.model_path)");
+  flags.options["--outputs-dir"] =
+      command.add_option("--outputs-dir", flags.outputs_dir, "Where generated images are written (image.outputs_dir)");
+  flags.options["--attention-slicing"] = command.add_flag("--attention-slicing", flags.attention_slicing,
+                                                          "Bound attention memory (image.attention_slicing)");
+  flags.options["--vae-tiling"] =
+      command.add_flag("--vae-tiling", flags.vae_tiling, "Decode latents in tiles (image.vae_tiling)");
 }
 
-void apply_flags(Config& config, Role role, const CLI::App& command, const CommonFlags& common,
-                 const ServiceFlags& flags) {
+void apply_flags(Config& config, Role role, const CommonFlags& common, const ServiceFlags& flags) {
   if (!common.host.empty()) config.server.host = common.host;
   if (common.port >= 0) config.server.port = static_cast<uint16_t>(common.port);
   if (!common.log_level.empty()) config.logging.level = common.log_level;
   if (!common.log_format.empty()) config.logging.format = common.log_format;
-  auto given = [&](const char* name) { return command.count(name) > 0; };
+  auto given = [&](const char* name) { return flags.given(name); };
   if (role == Role::vision) {
     if (given("--model")) config.vision.model_path = flags.model;
     if (given("--mmproj")) config.vision.mmproj_path = flags.mmproj;
@@ -135,10 +151,12 @@ int main(int argc, char** argv) {
   };
   add_role(Role::serve, "All in one: every enabled service behind one listener");
   add_role(Role::gateway, "API gateway in front of remote service pools");
-  add_vision_flags(*add_role(Role::vision, "Vision-language chat service (LLaVA / Qwen-VL class)").command,
-                   roles.back()->service);
-  add_speech_flags(*add_role(Role::speech, "Speech recognition service (Whisper)").command, roles.back()->service);
-  add_image_flags(*add_role(Role::image, "Image generation service (Stable Diffusion)").command, roles.back()->service);
+  auto& vision = add_role(Role::vision, "Vision-language chat service (LLaVA / Qwen-VL class)");
+  add_vision_flags(*vision.command, vision.service);
+  auto& speech = add_role(Role::speech, "Speech recognition service (Whisper)");
+  add_speech_flags(*speech.command, speech.service);
+  auto& image = add_role(Role::image, "Image generation service (Stable Diffusion)");
+  add_image_flags(*image.command, image.service);
 
   try {
     app.parse(argc, argv);
@@ -149,17 +167,18 @@ int main(int argc, char** argv) {
   for (const auto& entry : roles) {
     if (!entry->command->parsed()) continue;
     try {
-      Config config = entry->common.config_file.empty() ? Config{}
-                                                        : mmserve::load_config_file(entry->common.config_file);
+      Config config =
+          entry->common.config_file.empty() ? Config{} : mmserve::load_config_file(entry->common.config_file);
       const auto applied = mmserve::apply_environment(config, entry->role, mmserve::process_environment());
-      apply_flags(config, entry->role, *entry->command, entry->common, entry->service);
+      apply_flags(config, entry->role, entry->common, entry->service);
       mmserve::finalize_config(config);
       if (entry->common.print_config) {
         std::cout << mmserve::dump_config(config);
         return 0;
       }
       mmserve::configure_logging(config.logging);
-      for (const auto& line : applied) spdlog::info("environment: {}", line);
+      for (const auto& line : applied)
+        spdlog::info("environment: {}", line);
       if (entry->service.trust_remote_code) {
         spdlog::info("--trust-remote-code accepted and not needed: mmserve runs no code from model folders");
       }

@@ -64,8 +64,8 @@ ModelStatus discover_vision_model(const VisionConfig& config, VisionModelFiles* 
     std::sort(models.begin(), models.end());
     if (models.empty()) {
       status.path = path.string();
-      status.detail = fmt::format("no GGUF model file in '{}' (expected a *.gguf model and its *mmproj*.gguf)",
-                                  path.string());
+      status.detail =
+          fmt::format("no GGUF model file in '{}' (expected a *.gguf model and its *mmproj*.gguf)", path.string());
       return status;
     }
     // With several quantisations in one folder, 8-bit loading prefers Q8_0.
@@ -138,8 +138,8 @@ ModelStatus discover_image_model(const ImageConfig& config) {
   if (fs::is_directory(path, ec)) {
     if (!fs::is_regular_file(path / "model_index.json", ec)) {
       status.path = path.string();
-      status.detail = fmt::format("'{}' is a folder without model_index.json (expected a diffusers folder)",
-                                  path.string());
+      status.detail =
+          fmt::format("'{}' is a folder without model_index.json (expected a diffusers folder)", path.string());
       return status;
     }
     return found(status, path, "image");

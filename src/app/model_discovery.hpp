@@ -8,8 +8,8 @@
 namespace mmserve {
 
 struct VisionModelFiles {
-  std::string model;   // GGUF text model
-  std::string mmproj;  // GGUF projector; empty when none was found
+  std::string model;  // GGUF text model
+  std::string mmproj; // GGUF projector; empty when none was found
 };
 
 ModelStatus discover_vision_model(const VisionConfig& config, VisionModelFiles* files = nullptr);

@@ -14,13 +14,17 @@
 namespace mmserve {
 namespace {
 
-bool runs(Role role, Role service, bool enabled) { return enabled && (role == Role::serve || role == service); }
+bool runs(Role role, Role service, bool enabled) {
+  return enabled && (role == Role::serve || role == service);
+}
 
 void publish_and_report(ModelBoard& board, const ModelStatus& status) {
   board.publish(status);
   if (status.state == ModelState::loaded) return;
   log_event(spdlog::level::warn, "model not loaded",
-            {{"service", status.service}, {"model", status.id}, {"state", model_state_name(status.state)},
+            {{"service", status.service},
+             {"model", status.id},
+             {"state", model_state_name(status.state)},
              {"detail", status.detail}});
 }
 
@@ -65,20 +69,20 @@ int run_role(Role role, const Config& config) {
 
   boost::asio::signal_set signals(server.io_context(), SIGINT, SIGTERM);
   int signals_seen = 0;
-  std::function<void(const boost::system::error_code&, int)> on_signal =
-      [&](const boost::system::error_code& ec, int signal_number) {
-        if (ec) return;
-        if (++signals_seen == 1) {
-          spdlog::info("received {}, shutting down gracefully (send again to stop at once)",
-                       signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
-          server.drain(std::chrono::milliseconds(static_cast<int64_t>(config.server.shutdown_grace_s * 1000)));
-        } else {
-          spdlog::warn("received a second signal: stopping now");
-          server.io_context().stop();
-          return;
-        }
-        signals.async_wait(on_signal);
-      };
+  std::function<void(const boost::system::error_code&, int)> on_signal = [&](const boost::system::error_code& ec,
+                                                                             int signal_number) {
+    if (ec) return;
+    if (++signals_seen == 1) {
+      spdlog::info("received {}, shutting down gracefully (send again to stop at once)",
+                   signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+      server.drain(std::chrono::milliseconds(static_cast<int64_t>(config.server.shutdown_grace_s * 1000)));
+    } else {
+      spdlog::warn("received a second signal: stopping now");
+      server.io_context().stop();
+      return;
+    }
+    signals.async_wait(on_signal);
+  };
   signals.async_wait(on_signal);
 
   server.run();

@@ -4,8 +4,8 @@ namespace mmserve {
 
 ApiError::ApiError(int status, std::string message, std::string type, std::string code,
                    std::optional<std::string> param)
-    : std::runtime_error(std::move(message)), status_(status), type_(std::move(type)),
-      code_(std::move(code)), param_(std::move(param)) {}
+    : std::runtime_error(std::move(message)), status_(status), type_(std::move(type)), code_(std::move(code)),
+      param_(std::move(param)) {}
 
 nlohmann::json ApiError::to_json() const {
   nlohmann::json error = {

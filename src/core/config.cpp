@@ -18,7 +18,9 @@ extern char** environ;
 namespace mmserve {
 namespace {
 
-std::string join(const std::vector<std::string>& items) { return fmt::format("{}", fmt::join(items, ", ")); }
+std::string join(const std::vector<std::string>& items) {
+  return fmt::format("{}", fmt::join(items, ", "));
+}
 
 // A YAML mapping being read: remembers which keys were asked for so that
 // finish() can reject the rest by name.
@@ -46,7 +48,7 @@ public:
     }
   }
   template <typename Int>
-    requires std::is_integral_v<Int>
+  requires std::is_integral_v<Int>
   void read_int(const std::string& key, Int& out, long long min, long long max) {
     if (auto child = scalar(key)) {
       const std::string text = child->Scalar();
@@ -86,8 +88,7 @@ public:
       out = value;
     }
   }
-  void read_enum_list(const std::string& key, std::vector<std::string>& out,
-                      const std::vector<std::string>& allowed) {
+  void read_enum_list(const std::string& key, std::vector<std::string>& out, const std::vector<std::string>& allowed) {
     const auto child = lookup(key);
     if (!child || child.IsNull()) return;
     if (!child.IsSequence()) fail_at(full(key), "must be a list (allowed items: " + join(allowed) + ")");
@@ -178,7 +179,8 @@ std::string read_file(const std::string& path, const char* what) {
 
 std::optional<bool> parse_bool(const std::string& text) {
   std::string lower;
-  for (char c : text) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char c : text)
+    lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (lower == "true" || lower == "1" || lower == "yes" || lower == "on") return true;
   if (lower == "false" || lower == "0" || lower == "no" || lower == "off") return false;
   return std::nullopt;
@@ -275,7 +277,9 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
   return config;
 }
 
-Config load_config_file(const std::string& path) { return parse_config(read_file(path, "config file"), path); }
+Config load_config_file(const std::string& path) {
+  return parse_config(read_file(path, "config file"), path);
+}
 
 void load_media_config_file(const std::string& path, MediaConfig& media) {
   Section root(parse_yaml(read_file(path, "media config file"), path), "", path);
@@ -293,8 +297,7 @@ std::map<std::string, std::string> process_environment() {
   return env;
 }
 
-std::vector<std::string> apply_environment(Config& config, Role role,
-                                           const std::map<std::string, std::string>& env) {
+std::vector<std::string> apply_environment(Config& config, Role role, const std::map<std::string, std::string>& env) {
   std::vector<std::string> applied;
   auto get = [&](const char* name) -> std::optional<std::string> {
     const auto it = env.find(name);
@@ -330,15 +333,18 @@ std::vector<std::string> apply_environment(Config& config, Role role,
   // it for both llava-service and stable-diffusion, so `serve` (every
   // service at once) cannot know which one is meant.
   if (auto value = get("MODEL_PATH")) {
-    if (role == Role::vision) config.vision.model_path = *value;
-    else if (role == Role::image) config.image.model_path = *value;
-    else if (role == Role::speech) config.speech.model_path = *value;
+    if (role == Role::vision)
+      config.vision.model_path = *value;
+    else if (role == Role::image)
+      config.image.model_path = *value;
+    else if (role == Role::speech)
+      config.speech.model_path = *value;
     else {
-      throw ConfigError(fmt::format(
-          "environment: MODEL_PATH is ambiguous for role '{}' (it names one service's model): run "
-          "`mmserve vision`, `mmserve speech` or `mmserve image`, or set vision.model_path / "
-          "speech.model_path / image.model_path in the config file",
-          role_name(role)));
+      throw ConfigError(
+          fmt::format("environment: MODEL_PATH is ambiguous for role '{}' (it names one service's model): run "
+                      "`mmserve vision`, `mmserve speech` or `mmserve image`, or set vision.model_path / "
+                      "speech.model_path / image.model_path in the config file",
+                      role_name(role)));
     }
     applied.push_back(fmt::format("MODEL_PATH={} -> {}.model_path", *value, role_name(role)));
   }
@@ -359,9 +365,12 @@ void finalize_config(Config& config) {
   if (config.models_dir.empty()) {
     const char* cache = std::getenv("XDG_CACHE_HOME");
     const char* home = std::getenv("HOME");
-    if (cache && *cache) config.models_dir = std::string(cache) + "/mmserve/models";
-    else if (home && *home) config.models_dir = std::string(home) + "/.cache/mmserve/models";
-    else config.models_dir = "models";
+    if (cache && *cache)
+      config.models_dir = std::string(cache) + "/mmserve/models";
+    else if (home && *home)
+      config.models_dir = std::string(home) + "/.cache/mmserve/models";
+    else
+      config.models_dir = "models";
   }
   if (config.speech.model_dir.empty()) config.speech.model_dir = config.models_dir;
   if (config.server.host.empty()) throw ConfigError("server.host: must not be empty");

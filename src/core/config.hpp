@@ -22,42 +22,42 @@ struct ServerConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
   int io_threads = 2;
-  uint64_t max_body_bytes = 100ull << 20;   // the seed's proxy-body-size: 100m
+  uint64_t max_body_bytes = 100ull << 20; // the seed's proxy-body-size: 100m
   uint64_t max_header_bytes = 16ull << 10;
   int max_connections = 1024;
-  double request_timeout_s = 300;           // the seed's proxy-read-timeout: 300
-  double idle_timeout_s = 60;               // keep-alive connections with no request
-  double shutdown_grace_s = 30;             // in-flight requests finish within this
+  double request_timeout_s = 300; // the seed's proxy-read-timeout: 300
+  double idle_timeout_s = 60;     // keep-alive connections with no request
+  double shutdown_grace_s = 30;   // in-flight requests finish within this
   bool playground = true;
 };
 
 struct LoggingConfig {
-  std::string level = "info";               // trace debug info warn error
-  std::string format = "text";              // text json
+  std::string level = "info";  // trace debug info warn error
+  std::string format = "text"; // text json
   bool access_log = true;
 };
 
 struct VisionConfig {
   bool enabled = true;
-  std::string model_path;                   // GGUF file or a directory holding model + mmproj
-  std::string mmproj_path;                  // explicit projector file (optional)
-  std::string model_name;                   // the id clients send; default: file stem
-  bool load_8bit = false;                   // LOAD_8BIT
-  std::string dtype = "auto";               // auto float16 bfloat16 float32
-  int max_model_len = 4096;                 // context size in tokens
-  int parallel = 4;                         // sequences decoded together
-  int max_queue = 64;                       // waiting requests before 429
-  int gpu_count = 0;                        // 0: all visible GPUs when built with CUDA
-  int threads = 0;                          // 0: all cores
+  std::string model_path;     // GGUF file or a directory holding model + mmproj
+  std::string mmproj_path;    // explicit projector file (optional)
+  std::string model_name;     // the id clients send; default: file stem
+  bool load_8bit = false;     // LOAD_8BIT
+  std::string dtype = "auto"; // auto float16 bfloat16 float32
+  int max_model_len = 4096;   // context size in tokens
+  int parallel = 4;           // sequences decoded together
+  int max_queue = 64;         // waiting requests before 429
+  int gpu_count = 0;          // 0: all visible GPUs when built with CUDA
+  int threads = 0;            // 0: all cores
 };
 
 struct SpeechConfig {
   bool enabled = true;
-  std::string model_dir;                    // default: models_dir
-  std::string model_size = "base.en";      // MODEL_SIZE
-  std::string model_path;                   // explicit file, overrides model_size
-  std::string device = "auto";              // DEVICE: cpu cuda auto
-  std::string compute_type = "float16";     // COMPUTE_TYPE: float16 float32 int8 int8_float16
+  std::string model_dir;                // default: models_dir
+  std::string model_size = "base.en";   // MODEL_SIZE
+  std::string model_path;               // explicit file, overrides model_size
+  std::string device = "auto";          // DEVICE: cpu cuda auto
+  std::string compute_type = "float16"; // COMPUTE_TYPE: float16 float32 int8 int8_float16
   std::string vad_model_path;
   int parallel = 2;
   int max_queue = 32;
@@ -67,10 +67,10 @@ struct SpeechConfig {
 
 struct ImageConfig {
   bool enabled = true;
-  std::string model_path;                   // diffusers folder or single-file checkpoint
-  std::string vae = "auto";                 // auto full taesd
-  bool attention_slicing = false;           // ENABLE_ATTENTION_SLICING
-  bool vae_tiling = false;                  // ENABLE_VAE_TILING
+  std::string model_path;         // diffusers folder or single-file checkpoint
+  std::string vae = "auto";       // auto full taesd
+  bool attention_slicing = false; // ENABLE_ATTENTION_SLICING
+  bool vae_tiling = false;        // ENABLE_VAE_TILING
   std::string outputs_dir = "outputs";
   int max_width = 2048;
   int max_height = 2048;
@@ -81,22 +81,22 @@ struct ImageConfig {
 struct MediaConfig {
   int max_image_size = 1024;
   std::vector<std::string> supported_formats = {"jpeg", "png", "webp", "gif"};
-  std::string resize_mode = "fit";          // fit crop pad
+  std::string resize_mode = "fit"; // fit crop pad
   bool normalize = true;
   std::string temp_dir = "/tmp/images";
-  uint64_t max_cache_bytes = 10ull << 30;   // 10Gi
+  uint64_t max_cache_bytes = 10ull << 30; // 10Gi
   double cleanup_interval_s = 3600;
 };
 
 struct Config {
-  std::string models_dir;                   // MMSERVE_MODELS, default ~/.cache/mmserve/models
+  std::string models_dir; // MMSERVE_MODELS, default ~/.cache/mmserve/models
   ServerConfig server;
   LoggingConfig logging;
   VisionConfig vision;
   SpeechConfig speech;
   ImageConfig image;
   MediaConfig media;
-  std::string media_config_file;            // a mounted image-processor-config config.yaml
+  std::string media_config_file; // a mounted image-processor-config config.yaml
 };
 
 enum class Role { serve, gateway, vision, speech, image };
@@ -112,8 +112,7 @@ void load_media_config_file(const std::string& path, MediaConfig& media);
 // MODEL_SIZE, DEVICE, COMPUTE_TYPE, ENABLE_ATTENTION_SLICING,
 // ENABLE_VAE_TILING) and MMSERVE_MODELS. `env` maps names to values.
 // Returns human-readable lines saying what was overridden.
-std::vector<std::string> apply_environment(Config& config, Role role,
-                                           const std::map<std::string, std::string>& env);
+std::vector<std::string> apply_environment(Config& config, Role role, const std::map<std::string, std::string>& env);
 std::map<std::string, std::string> process_environment();
 
 // Fills defaults that depend on the environment (models_dir) and checks

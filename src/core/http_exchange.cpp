@@ -108,8 +108,8 @@ net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
   if (parser_.is_done()) co_return std::string_view();
   if (const auto length = content_length(); length && *length > limits_.max_body_bytes) {
     force_close_ = true;
-    throw ApiError::payload_too_large(fmt::format("Request body of {} bytes is larger than the limit of {} bytes.",
-                                                  *length, limits_.max_body_bytes));
+    throw ApiError::payload_too_large(
+        fmt::format("Request body of {} bytes is larger than the limit of {} bytes.", *length, limits_.max_body_bytes));
   }
   co_await send_continue_if_expected();
   if (chunk_buffer_.empty()) chunk_buffer_.resize(kChunkBufferSize);
@@ -172,11 +172,11 @@ bool HttpExchange::keep_alive() const {
   return !force_close_ && !draining_.load() && parser_.get().keep_alive() && parser_.is_done();
 }
 
-template <typename Message>
-void HttpExchange::apply_common_headers(Message& message) {
+template <typename Message> void HttpExchange::apply_common_headers(Message& message) {
   message.set(bhttp::field::server, std::string("mmserve/") + kVersion);
   message.set("X-Request-Id", request_id_);
-  for (const auto& [name, value] : extra_headers_) message.set(name, value);
+  for (const auto& [name, value] : extra_headers_)
+    message.set(name, value);
 }
 
 net::awaitable<void> HttpExchange::respond(unsigned status, std::string body, std::string_view content_type) {
@@ -193,8 +193,7 @@ net::awaitable<void> HttpExchange::respond(unsigned status, std::string body, st
   boost::system::error_code ec;
   arm_timer();
   bhttp::response_serializer<bhttp::string_body> serializer{response};
-  const size_t written =
-      co_await bhttp::async_write(stream_, serializer, net::redirect_error(net::use_awaitable, ec));
+  const size_t written = co_await bhttp::async_write(stream_, serializer, net::redirect_error(net::use_awaitable, ec));
   bytes_sent_ += written;
   if (ec) {
     force_close_ = true;
@@ -229,8 +228,8 @@ net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_vie
   stream_serializer_.emplace(header);
   boost::system::error_code ec;
   arm_timer();
-  bytes_sent_ += co_await bhttp::async_write_header(stream_, *stream_serializer_,
-                                                    net::redirect_error(net::use_awaitable, ec));
+  bytes_sent_ +=
+      co_await bhttp::async_write_header(stream_, *stream_serializer_, net::redirect_error(net::use_awaitable, ec));
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away: " + ec.message());
@@ -254,8 +253,8 @@ net::awaitable<void> HttpExchange::end_stream() {
   if (!stream_serializer_) throw std::logic_error("end_stream before begin_stream");
   boost::system::error_code ec;
   arm_timer();
-  bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk_last(),
-                                           net::redirect_error(net::use_awaitable, ec));
+  bytes_sent_ +=
+      co_await net::async_write(stream_, bhttp::make_chunk_last(), net::redirect_error(net::use_awaitable, ec));
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away at the end of the stream: " + ec.message());

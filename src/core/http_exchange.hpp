@@ -43,9 +43,8 @@ struct ExchangeLimits {
 
 class HttpExchange {
 public:
-  HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
-               std::string request_id, std::string remote_address, ExchangeLimits limits,
-               const std::atomic<bool>& draining);
+  HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser, std::string request_id,
+               std::string remote_address, ExchangeLimits limits, const std::atomic<bool>& draining);
 
   // ---- request ----
   bhttp::verb method() const { return parser_.get().method(); }

@@ -45,7 +45,8 @@ net::awaitable<void> write_error_and_close(beast::tcp_stream& stream, const ApiE
   response.set(bhttp::field::server, std::string("mmserve/") + kVersion);
   response.set(bhttp::field::content_type, "application/json");
   response.set("X-Request-Id", request_id);
-  if (error.retry_after_seconds() > 0) response.set(bhttp::field::retry_after, std::to_string(error.retry_after_seconds()));
+  if (error.retry_after_seconds() > 0)
+    response.set(bhttp::field::retry_after, std::to_string(error.retry_after_seconds()));
   response.body() = error.to_json().dump() + "\n";
   response.prepare_payload();
   response.keep_alive(false);
@@ -85,8 +86,8 @@ std::string choose_request_id(std::string_view client_value) {
 }
 
 HttpServer::HttpServer(const ServerConfig& config, bool access_log, Router& router, ServerMetrics& metrics)
-    : config_(config), access_log_(access_log), router_(router), metrics_(metrics),
-      ioc_(config.io_threads), acceptor_(net::make_strand(ioc_)) {}
+    : config_(config), access_log_(access_log), router_(router), metrics_(metrics), ioc_(config.io_threads),
+      acceptor_(net::make_strand(ioc_)) {}
 
 HttpServer::~HttpServer() = default;
 
@@ -118,16 +119,18 @@ void HttpServer::listen() {
 void HttpServer::run() {
   net::co_spawn(acceptor_.get_executor(), accept_loop(), net::detached);
   std::vector<std::thread> threads;
-  for (int i = 1; i < config_.io_threads; ++i) threads.emplace_back([this] { ioc_.run(); });
+  for (int i = 1; i < config_.io_threads; ++i)
+    threads.emplace_back([this] { ioc_.run(); });
   ioc_.run();
-  for (auto& thread : threads) thread.join();
+  for (auto& thread : threads)
+    thread.join();
 }
 
 net::awaitable<void> HttpServer::accept_loop() {
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket = co_await acceptor_.async_accept(net::make_strand(ioc_),
-                                                         net::redirect_error(net::use_awaitable, ec));
+    tcp::socket socket =
+        co_await acceptor_.async_accept(net::make_strand(ioc_), net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
       spdlog::warn("accept failed: {}", ec.message());
@@ -193,10 +196,9 @@ net::awaitable<void> HttpServer::serve_connection(tcp::socket socket) {
             choose_request_id({}));
         unread_body = true;
       } else if (!is_quiet_close(ec) && buffer.size() > 0) {
-        co_await write_error_and_close(stream,
-                                       ApiError::bad_request("Malformed HTTP request: " + ec.message(), std::nullopt,
-                                                             "malformed_http"),
-                                       choose_request_id({}));
+        co_await write_error_and_close(
+            stream, ApiError::bad_request("Malformed HTTP request: " + ec.message(), std::nullopt, "malformed_http"),
+            choose_request_id({}));
         unread_body = true;
       }
       break;
@@ -249,9 +251,9 @@ net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast
         throw ApiError::method_not_allowed(fmt::format("Method {} is not allowed for {} (allowed: {}).", method,
                                                        exchange.path(), fmt::join(match.allowed_methods, ", ")));
       }
-      throw ApiError::not_found(fmt::format("Unknown request URL: {} {}. See docs/api.md for the endpoints.", method,
-                                            exchange.path()),
-                                "unknown_url");
+      throw ApiError::not_found(
+          fmt::format("Unknown request URL: {} {}. See docs/api.md for the endpoints.", method, exchange.path()),
+          "unknown_url");
     }
     // Refuse an oversize body from its Content-Length, before reading it.
     if (const auto length = exchange.content_length(); length && *length > exchange.body_limit()) {
@@ -323,7 +325,8 @@ void HttpServer::close_idle_connections() {
   std::vector<std::weak_ptr<Connection>> snapshot;
   {
     std::lock_guard lock(connections_mutex_);
-    for (const auto& [id, weak] : connections_) snapshot.push_back(weak);
+    for (const auto& [id, weak] : connections_)
+      snapshot.push_back(weak);
   }
   for (auto& weak : snapshot) {
     auto connection = weak.lock();

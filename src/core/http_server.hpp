@@ -49,8 +49,8 @@ private:
   net::awaitable<void> accept_loop();
   net::awaitable<void> serve_connection(net::ip::tcp::socket socket);
   net::awaitable<void> refuse_connection(net::ip::tcp::socket socket);
-  net::awaitable<bool> handle_request(beast::tcp_stream& stream, beast::flat_buffer& buffer,
-                                      RequestParser& parser, const std::string& remote);
+  net::awaitable<bool> handle_request(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
+                                      const std::string& remote);
   net::awaitable<void> watch_drain(std::chrono::steady_clock::time_point deadline);
   void close_idle_connections();
 

@@ -24,8 +24,8 @@ public:
       dest.append(inner.data(), inner.data() + inner.size());
       return;
     }
-    const std::string quoted = "\"message\":" + nlohmann::json(payload).dump(-1, ' ', false,
-                                                                           nlohmann::json::error_handler_t::replace);
+    const std::string quoted =
+        "\"message\":" + nlohmann::json(payload).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     dest.append(quoted.data(), quoted.data() + quoted.size());
   }
   std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<JsonMessageFlag>(); }
@@ -33,7 +33,9 @@ public:
 
 } // namespace
 
-bool json_logging() { return g_json.load(); }
+bool json_logging() {
+  return g_json.load();
+}
 
 void configure_logging(const LoggingConfig& config) {
   auto logger = spdlog::default_logger();
@@ -44,8 +46,7 @@ void configure_logging(const LoggingConfig& config) {
   g_json = config.format == "json";
   if (g_json) {
     auto formatter = std::make_unique<spdlog::pattern_formatter>();
-    formatter->add_flag<JsonMessageFlag>('*').set_pattern(
-        R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l",%*})");
+    formatter->add_flag<JsonMessageFlag>('*').set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l",%*})");
     spdlog::set_formatter(std::move(formatter));
   } else {
     spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
@@ -59,8 +60,7 @@ void log_event(spdlog::level::level_enum level, const std::string& message, cons
   if (g_json) {
     nlohmann::json line = fields;
     line["message"] = message;
-    spdlog::log(level, "{}{}", kStructuredMark,
-                line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    spdlog::log(level, "{}{}", kStructuredMark, line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return;
   }
   std::string text = message;

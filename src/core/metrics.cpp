@@ -20,7 +20,9 @@ void Counter::mirror(double total) {
   }
 }
 
-void Gauge::add(double amount) { value_.fetch_add(amount, std::memory_order_relaxed); }
+void Gauge::add(double amount) {
+  value_.fetch_add(amount, std::memory_order_relaxed);
+}
 
 Histogram::Histogram(const std::vector<double>& upper_bounds)
     : bounds_(upper_bounds), bucket_counts_(new std::atomic<uint64_t>[upper_bounds.size() + 1]) {
@@ -79,9 +81,12 @@ namespace {
 std::string escape_help(const std::string& help) {
   std::string escaped;
   for (char c : help) {
-    if (c == '\\') escaped += "\\\\";
-    else if (c == '\n') escaped += "\\n";
-    else escaped += c;
+    if (c == '\\')
+      escaped += "\\\\";
+    else if (c == '\n')
+      escaped += "\\n";
+    else
+      escaped += c;
   }
   return escaped;
 }
@@ -104,15 +109,20 @@ std::string label_set(const std::vector<std::string>& names, const LabelValues& 
 
 bool valid_metric_name(const std::string& name) {
   if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0]))) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':';
-  });
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':'; });
 }
 
 template <typename Series> constexpr const char* type_name();
-template <> constexpr const char* type_name<Counter>() { return "counter"; }
-template <> constexpr const char* type_name<Gauge>() { return "gauge"; }
-template <> constexpr const char* type_name<Histogram>() { return "histogram"; }
+template <> constexpr const char* type_name<Counter>() {
+  return "counter";
+}
+template <> constexpr const char* type_name<Gauge>() {
+  return "gauge";
+}
+template <> constexpr const char* type_name<Histogram>() {
+  return "histogram";
+}
 
 } // namespace
 
@@ -133,11 +143,10 @@ Family<Series>::Family(std::string name, std::string help, std::vector<std::stri
   }
 }
 
-template <typename Series>
-Series& Family<Series>::labels(const LabelValues& values) {
+template <typename Series> Series& Family<Series>::labels(const LabelValues& values) {
   if (values.size() != label_names_.size()) {
-    throw std::invalid_argument(fmt::format("metric {} takes {} label values, got {}", name_,
-                                            label_names_.size(), values.size()));
+    throw std::invalid_argument(
+        fmt::format("metric {} takes {} label values, got {}", name_, label_names_.size(), values.size()));
   }
   std::lock_guard lock(mutex_);
   auto& slot = series_[values];
@@ -151,8 +160,7 @@ Series& Family<Series>::labels(const LabelValues& values) {
   return *slot;
 }
 
-template <typename Series>
-void Family<Series>::render(std::string& out) const {
+template <typename Series> void Family<Series>::render(std::string& out) const {
   out += "# HELP " + name_ + ' ' + escape_help(help_) + '\n';
   out += "# TYPE " + name_ + ' ' + type_name<Series>() + '\n';
   std::lock_guard lock(mutex_);
@@ -184,7 +192,8 @@ std::vector<double> duration_buckets() {
 std::vector<double> exponential_buckets(double start, double factor, int count) {
   std::vector<double> buckets;
   double value = start;
-  for (int i = 0; i < count; ++i, value *= factor) buckets.push_back(value);
+  for (int i = 0; i < count; ++i, value *= factor)
+    buckets.push_back(value);
   return buckets;
 }
 
@@ -203,8 +212,7 @@ CounterFamily& Registry::counter(const std::string& name, const std::string& hel
   return *counters_.back();
 }
 
-GaugeFamily& Registry::gauge(const std::string& name, const std::string& help,
-                             std::vector<std::string> label_names) {
+GaugeFamily& Registry::gauge(const std::string& name, const std::string& help, std::vector<std::string> label_names) {
   std::lock_guard lock(mutex_);
   check_new_name(name);
   gauges_.push_back(std::make_unique<GaugeFamily>(name, help, std::move(label_names)));
@@ -216,8 +224,7 @@ HistogramFamily& Registry::histogram(const std::string& name, const std::string&
                                      std::vector<std::string> label_names, std::vector<double> buckets) {
   std::lock_guard lock(mutex_);
   check_new_name(name);
-  histograms_.push_back(
-      std::make_unique<HistogramFamily>(name, help, std::move(label_names), std::move(buckets)));
+  histograms_.push_back(std::make_unique<HistogramFamily>(name, help, std::move(label_names), std::move(buckets)));
   order_.emplace_back(name, MetricType::histogram);
   return *histograms_.back();
 }
@@ -233,13 +240,13 @@ std::string Registry::render() const {
     std::lock_guard lock(mutex_);
     collectors = collectors_;
   }
-  for (const auto& collect : collectors) collect();
+  for (const auto& collect : collectors)
+    collect();
 
   std::string out;
   std::lock_guard lock(mutex_);
   auto find_by_name = [](const auto& families, const std::string& name) {
-    return std::find_if(families.begin(), families.end(),
-                        [&](const auto& family) { return family->name() == name; });
+    return std::find_if(families.begin(), families.end(), [&](const auto& family) { return family->name() == name; });
   };
   for (const auto& [name, type] : order_) {
     switch (type) {

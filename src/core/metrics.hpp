@@ -62,11 +62,9 @@ private:
 enum class MetricType { counter, gauge, histogram };
 
 // One metric name with fixed label names; one series per distinct label values.
-template <typename Series>
-class Family {
+template <typename Series> class Family {
 public:
-  Family(std::string name, std::string help, std::vector<std::string> label_names,
-         std::vector<double> buckets = {});
+  Family(std::string name, std::string help, std::vector<std::string> label_names, std::vector<double> buckets = {});
 
   // The series for these label values (created on first use). Throws
   // std::invalid_argument when the number of values does not match.
@@ -96,12 +94,10 @@ std::vector<double> exponential_buckets(double start, double factor, int count);
 
 class Registry {
 public:
-  CounterFamily& counter(const std::string& name, const std::string& help,
-                         std::vector<std::string> label_names = {});
-  GaugeFamily& gauge(const std::string& name, const std::string& help,
-                     std::vector<std::string> label_names = {});
-  HistogramFamily& histogram(const std::string& name, const std::string& help,
-                             std::vector<std::string> label_names, std::vector<double> buckets);
+  CounterFamily& counter(const std::string& name, const std::string& help, std::vector<std::string> label_names = {});
+  GaugeFamily& gauge(const std::string& name, const std::string& help, std::vector<std::string> label_names = {});
+  HistogramFamily& histogram(const std::string& name, const std::string& help, std::vector<std::string> label_names,
+                             std::vector<double> buckets);
 
   // Runs before each render; used for values read at scrape time (process stats).
   void add_collector(std::function<void()> collector);

@@ -20,8 +20,10 @@ void ModelBoard::publish(const ModelStatus& status) {
   auto it = std::find_if(models_.begin(), models_.end(), [&](const ModelStatus& existing) {
     return existing.service == status.service && existing.id == status.id;
   });
-  if (it == models_.end()) models_.push_back(status);
-  else *it = status;
+  if (it == models_.end())
+    models_.push_back(status);
+  else
+    *it = status;
   metrics_.model_ready.labels({status.service, status.id}).set(status.state == ModelState::loaded ? 1 : 0);
 }
 
@@ -32,9 +34,8 @@ std::vector<ModelStatus> ModelBoard::snapshot() const {
 
 bool ModelBoard::all_loaded() const {
   std::lock_guard lock(mutex_);
-  return !models_.empty() && std::all_of(models_.begin(), models_.end(), [](const ModelStatus& model) {
-    return model.state == ModelState::loaded;
-  });
+  return !models_.empty() && std::all_of(models_.begin(), models_.end(),
+                                         [](const ModelStatus& model) { return model.state == ModelState::loaded; });
 }
 
 } // namespace mmserve

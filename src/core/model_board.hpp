@@ -14,13 +14,13 @@ enum class ModelState { missing, available, loading, loaded, failed };
 const char* model_state_name(ModelState state);
 
 struct ModelStatus {
-  std::string id;        // what clients put in "model"
-  std::string service;   // vision, speech, image
-  std::string path;      // file or folder on disk, when known
+  std::string id;      // what clients put in "model"
+  std::string service; // vision, speech, image
+  std::string path;    // file or folder on disk, when known
   ModelState state = ModelState::missing;
-  double progress = 0;   // 0..1 while loading
-  std::string detail;    // why it is not loaded and how to fix that
-  int64_t created = 0;   // unix seconds: file time, for OpenAI's "created"
+  double progress = 0; // 0..1 while loading
+  std::string detail;  // why it is not loaded and how to fix that
+  int64_t created = 0; // unix seconds: file time, for OpenAI's "created"
 };
 
 class ModelBoard {

@@ -47,7 +47,8 @@ RouteMatch Router::match(std::string_view method, std::string_view path) const {
   RouteMatch result;
   // Exact and parameterised patterns before prefixes; longer prefixes first.
   std::vector<const Route*> ordered;
-  for (const auto& route : routes_) ordered.push_back(&route);
+  for (const auto& route : routes_)
+    ordered.push_back(&route);
   std::stable_sort(ordered.begin(), ordered.end(), [](const Route* a, const Route* b) {
     const bool a_prefix = a->pattern.ends_with("/*"), b_prefix = b->pattern.ends_with("/*");
     if (a_prefix != b_prefix) return !a_prefix;
@@ -60,9 +61,8 @@ RouteMatch Router::match(std::string_view method, std::string_view path) const {
     if (method_ok && !result.route) {
       result.route = route;
       result.params = std::move(params);
-    } else if (!method_ok &&
-               std::find(result.allowed_methods.begin(), result.allowed_methods.end(), route->method) ==
-                   result.allowed_methods.end()) {
+    } else if (!method_ok && std::find(result.allowed_methods.begin(), result.allowed_methods.end(), route->method) ==
+                                 result.allowed_methods.end()) {
       result.allowed_methods.push_back(route->method);
     }
   }

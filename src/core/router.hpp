@@ -15,15 +15,15 @@ namespace mmserve::http {
 using Handler = std::function<net::awaitable<void>(HttpExchange&)>;
 
 struct Route {
-  std::string method;   // "GET", "POST", ...
-  std::string pattern;  // "/v1/models/{id}/load", "/outputs/*"
+  std::string method;  // "GET", "POST", ...
+  std::string pattern; // "/v1/models/{id}/load", "/outputs/*"
   Handler handler;
 };
 
 struct RouteMatch {
-  const Route* route = nullptr;                 // set when method and path match
+  const Route* route = nullptr; // set when method and path match
   std::map<std::string, std::string> params;
-  std::vector<std::string> allowed_methods;     // path matched, method did not
+  std::vector<std::string> allowed_methods; // path matched, method did not
 };
 
 class Router {

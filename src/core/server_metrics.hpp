@@ -21,15 +21,15 @@ struct ServerMetrics {
   metrics::CounterFamily& images_generated_total;     // model
 
   // HTTP.
-  metrics::CounterFamily& http_requests_total;              // method, route, code
-  metrics::HistogramFamily& http_request_duration_seconds;  // method, route
-  metrics::GaugeFamily& http_requests_in_flight;            // (none)
-  metrics::GaugeFamily& http_connections_open;              // (none)
+  metrics::CounterFamily& http_requests_total;             // method, route, code
+  metrics::HistogramFamily& http_request_duration_seconds; // method, route
+  metrics::GaugeFamily& http_requests_in_flight;           // (none)
+  metrics::GaugeFamily& http_connections_open;             // (none)
 
   // Services.
-  metrics::GaugeFamily& queue_depth;  // service
-  metrics::GaugeFamily& model_ready;  // service, model
-  metrics::GaugeFamily& build_info;   // version
+  metrics::GaugeFamily& queue_depth; // service
+  metrics::GaugeFamily& model_ready; // service, model
+  metrics::GaugeFamily& build_info;  // version
 };
 
 } // namespace mmserve

@@ -1,0 +1,131 @@
+#include "core/config.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace mmserve;
+
+namespace {
+std::string error_of(const std::string& yaml) {
+  try {
+    parse_config(yaml, "test.yaml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+} // namespace
+
+TEST(Config, DefaultsMatchTheSeed) {
+  const Config config = parse_config("", "empty");
+  EXPECT_EQ(config.server.max_body_bytes, 100ull << 20);  // proxy-body-size: 100m
+  EXPECT_DOUBLE_EQ(config.server.request_timeout_s, 300); // proxy-read-timeout: 300
+  EXPECT_EQ(config.media.max_image_size, 1024);
+  EXPECT_EQ(config.media.resize_mode, "fit");
+  EXPECT_EQ(config.media.max_cache_bytes, 10ull << 30);
+  EXPECT_DOUBLE_EQ(config.media.cleanup_interval_s, 3600);
+  EXPECT_EQ(config.media.supported_formats, (std::vector<std::string>{"jpeg", "png", "webp", "gif"}));
+}
+
+TEST(Config, ReadsEverySection) {
+  const Config config = parse_config(R"(
+models_dir: /models
+server: {host: 0.0.0.0, port: 8000, max_body_size: 100m, request_timeout: 300, shutdown_grace_period: 45s}
+logging: {level: debug, format: json, access_log: false}
+vision: {model_path: /models/llava-v1.6-34b, load_8bit: true, dtype: float16, max_model_len: 8192}
+speech: {model_size: large-v3, device: cuda, compute_type: float16}
+image: {model_path: /models/sd-xl-base-1.0, attention_slicing: true, vae_tiling: true, outputs_dir: /outputs}
+media:
+  preprocessing: {max_image_size: 1024, supported_formats: [jpeg, png], resize_mode: pad, normalize: false}
+  storage: {temp_dir: /tmp/images, max_cache_size: 10Gi, cleanup_interval: 3600}
+)",
+                                     "full.yaml");
+  EXPECT_EQ(config.server.host, "0.0.0.0");
+  EXPECT_EQ(config.server.port, 8000);
+  EXPECT_DOUBLE_EQ(config.server.shutdown_grace_s, 45);
+  EXPECT_EQ(config.logging.format, "json");
+  EXPECT_FALSE(config.logging.access_log);
+  EXPECT_TRUE(config.vision.load_8bit);
+  EXPECT_EQ(config.vision.max_model_len, 8192);
+  EXPECT_EQ(config.speech.model_size, "large-v3");
+  EXPECT_EQ(config.speech.device, "cuda");
+  EXPECT_TRUE(config.image.attention_slicing);
+  EXPECT_EQ(config.image.outputs_dir, "/outputs");
+  EXPECT_EQ(config.media.resize_mode, "pad");
+  EXPECT_FALSE(config.media.normalize);
+  EXPECT_EQ(config.media.supported_formats.size(), 2u);
+}
+
+TEST(Config, UnknownKeyNamesKeyAndAllowed) {
+  const auto message = error_of("server:\n  prot: 80\n");
+  EXPECT_NE(message.find("server.prot"), std::string::npos) << message;
+  EXPECT_NE(message.find("unknown key"), std::string::npos) << message;
+  EXPECT_NE(message.find("port"), std::string::npos) << message; // the allowed list
+  EXPECT_NE(error_of("bogus: 1\n").find("bogus"), std::string::npos);
+}
+
+TEST(Config, BadEnumNamesAllowedValues) {
+  const auto message = error_of("speech:\n  device: gpu\n");
+  EXPECT_NE(message.find("speech.device"), std::string::npos) << message;
+  EXPECT_NE(message.find("'gpu'"), std::string::npos) << message;
+  EXPECT_NE(message.find("cpu, cuda, auto"), std::string::npos) << message;
+}
+
+TEST(Config, BadValues) {
+  EXPECT_NE(error_of("server: {port: 70000}").find("server.port"), std::string::npos);
+  EXPECT_NE(error_of("server: {port: eighty}").find("server.port"), std::string::npos);
+  EXPECT_NE(error_of("server: {max_body_size: 10XB}").find("server.max_body_size"), std::string::npos);
+  EXPECT_NE(error_of("vision: {load_8bit: maybe}").find("vision.load_8bit"), std::string::npos);
+  EXPECT_NE(error_of("media: {preprocessing: {resize_mode: stretch}}").find("media.preprocessing.resize_mode"),
+            std::string::npos);
+  EXPECT_NE(error_of("media: {preprocessing: {supported_formats: [bmp]}}").find("'bmp'"), std::string::npos);
+  EXPECT_NE(error_of("server: [1, 2]").find("server"), std::string::npos);
+  EXPECT_NE(error_of("server: {port: [1]}").find("single value"), std::string::npos);
+  EXPECT_NE(error_of("server: {port: 1\n").find("not valid YAML"), std::string::npos);
+}
+
+TEST(Environment, SeedVariablesOverrideForTheirRole) {
+  Config config;
+  const auto applied =
+      apply_environment(config, Role::vision, {{"MODEL_PATH", "/models/llava-v1.6-34b"}, {"LOAD_8BIT", "true"}});
+  EXPECT_EQ(config.vision.model_path, "/models/llava-v1.6-34b");
+  EXPECT_TRUE(config.vision.load_8bit);
+  EXPECT_EQ(applied.size(), 2u);
+
+  Config image;
+  apply_environment(
+      image, Role::image,
+      {{"MODEL_PATH", "/models/sd-xl-base-1.0"}, {"ENABLE_ATTENTION_SLICING", "true"}, {"ENABLE_VAE_TILING", "true"}});
+  EXPECT_EQ(image.image.model_path, "/models/sd-xl-base-1.0");
+  EXPECT_TRUE(image.image.attention_slicing);
+  EXPECT_TRUE(image.image.vae_tiling);
+
+  Config speech;
+  apply_environment(speech, Role::speech,
+                    {{"MODEL_SIZE", "large-v3"}, {"DEVICE", "cuda"}, {"COMPUTE_TYPE", "float16"}});
+  EXPECT_EQ(speech.speech.model_size, "large-v3");
+  EXPECT_EQ(speech.speech.device, "cuda");
+  EXPECT_EQ(speech.speech.compute_type, "float16");
+}
+
+TEST(Environment, BadValuesAndAmbiguityFailWithNames) {
+  Config config;
+  try {
+    apply_environment(config, Role::speech, {{"DEVICE", "tpu"}});
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("DEVICE"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("cpu, cuda, auto"), std::string::npos);
+  }
+  EXPECT_THROW(apply_environment(config, Role::vision, {{"LOAD_8BIT", "sure"}}), ConfigError);
+  EXPECT_THROW(apply_environment(config, Role::serve, {{"MODEL_PATH", "/models/x"}}), ConfigError);
+}
+
+TEST(Config, DumpRoundTrips) {
+  Config config = parse_config("server: {port: 9000}\nvision: {model_path: /m, dtype: bfloat16}\n", "in");
+  finalize_config(config);
+  const Config again = parse_config(dump_config(config), "dump");
+  EXPECT_EQ(again.server.port, 9000);
+  EXPECT_EQ(again.vision.model_path, "/m");
+  EXPECT_EQ(again.vision.dtype, "bfloat16");
+  EXPECT_EQ(again.server.max_body_bytes, config.server.max_body_bytes);
+}
