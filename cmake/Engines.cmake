@@ -20,6 +20,11 @@ set(LLAMA_OPENSSL OFF CACHE BOOL "" FORCE)
 set(LLAMA_ALL_WARNINGS OFF CACHE BOOL "" FORCE)
 set(BUILD_SHARED_LIBS OFF CACHE BOOL "" FORCE)
 set(GGML_CUDA ${MMSERVE_CUDA} CACHE BOOL "" FORCE)
+if(MMSERVE_CUDA AND NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+  # Build machines often have no GPU, so "native" cannot be detected: ship
+  # Turing (PTX) to Hopper. Override with -DCMAKE_CUDA_ARCHITECTURES=...
+  set(CMAKE_CUDA_ARCHITECTURES "75-virtual;80-real;86-real;89-real;90-real")
+endif()
 add_subdirectory("${MMSERVE_THIRD_PARTY}/llama.cpp" "${CMAKE_BINARY_DIR}/llama.cpp" EXCLUDE_FROM_ALL)
 
 # whisper.cpp: only its library, compiled against llama.cpp's ggml (its own

@@ -112,3 +112,41 @@ TEST(Cli, PortInUseFailsWithAddress) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_TRUE(contains(result.output, std::to_string(first.port()))) << result.output;
 }
+
+TEST(Cli, ShippedDefaultConfigEqualsBuiltInDefaults) {
+  const std::string source = MMSERVE_SOURCE_DIR;
+  const auto shipped = run_mmserve({"serve", "--config", source + "/config/mmserve.yaml", "--print-config"});
+  const auto builtin = run_mmserve({"serve", "--print-config"});
+  ASSERT_EQ(shipped.exit_code, 0) << shipped.output;
+  EXPECT_EQ(shipped.output, builtin.output);
+}
+
+TEST(Cli, SeedImageProcessorConfigMapIsReadAsItStands) {
+  // The seed's ConfigMap data, verbatim, mounted as a file.
+  const std::string dir = make_temp_dir("mmserve-media");
+  write_file(dir + "/config.yaml", R"(preprocessing:
+  max_image_size: 1024
+  supported_formats:
+    - jpeg
+    - png
+    - webp
+    - gif
+  resize_mode: "fit"  # fit/crop/pad
+  normalize: true
+storage:
+  temp_dir: /tmp/images
+  max_cache_size: 10Gi
+  cleanup_interval: 3600
+)");
+  write_file(dir + "/mmserve.yaml", "media_config_file: " + dir + "/config.yaml\n");
+  const auto result = run_mmserve({"serve", "--config", dir + "/mmserve.yaml", "--print-config"});
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(contains(result.output, "max_cache_size: 10737418240")) << result.output;
+  EXPECT_TRUE(contains(result.output, "resize_mode: fit")) << result.output;
+
+  write_file(dir + "/config.yaml", "preprocessing:\n  resize_mode: stretch\n");
+  const auto bad = run_mmserve({"serve", "--config", dir + "/mmserve.yaml", "--print-config"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_TRUE(contains(bad.output, "preprocessing.resize_mode")) << bad.output;
+  EXPECT_TRUE(contains(bad.output, "fit, crop, pad")) << bad.output;
+}

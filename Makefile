@@ -1,0 +1,41 @@
+# The two commands of the README:
+#   make run    bootstrap, build, and serve with config/mmserve.yaml on localhost:8080
+#   make test   bootstrap, build, and run every test
+# Everything else is a step of those two.
+
+BUILD_DIR ?= build
+CMAKE_FLAGS ?=
+JOBS ?= $(shell nproc)
+CONFIG ?= config/mmserve.yaml
+# Relative paths in ccache keys, so every clone shares the cache.
+export CCACHE_BASEDIR := $(CURDIR)
+
+.PHONY: run test bootstrap configure build bench-tools format tidy clean
+
+run: build
+	./$(BUILD_DIR)/mmserve serve --config $(CONFIG)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+configure: bootstrap
+	cmake -S . -B $(BUILD_DIR) -G Ninja $(CMAKE_FLAGS)
+
+build: configure
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+# llama.cpp's own server and CLI, the peers the benchmarks run against.
+bench-tools: configure
+	cmake --build $(BUILD_DIR) -j$(JOBS) --target llama-server llama-mtmd-cli
+
+format:
+	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp' 'tests/*.hpp')
+
+tidy: configure
+	clang-tidy -p $(BUILD_DIR) $$(git ls-files 'src/*.cpp')
+
+clean:
+	rm -rf $(BUILD_DIR)
