@@ -32,7 +32,10 @@ ModelStatus found(ModelStatus status, const fs::path& path, const std::string& s
   status.path = path.string();
   status.created = file_time_unix(path);
   status.state = ModelState::available;
-  status.detail = fmt::format("found on disk, not loaded: this build of mmserve has no {} engine yet", service_word);
+  status.detail =
+      service_word == "vision"
+          ? std::string("found on disk, not loaded yet")
+          : fmt::format("found on disk, not loaded: this build of mmserve has no {} engine yet", service_word);
   return status;
 }
 

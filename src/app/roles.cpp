@@ -1,5 +1,6 @@
 #include "app/roles.hpp"
 
+#include "api/chat_completion.hpp"
 #include "api/chat_routes.hpp"
 #include "api/system_routes.hpp"
 #include "app/model_discovery.hpp"
@@ -10,6 +11,7 @@
 
 #include <boost/asio/signal_set.hpp>
 #include <csignal>
+#include <thread>
 
 namespace mmserve {
 namespace {
@@ -28,6 +30,84 @@ void publish_and_report(ModelBoard& board, const ModelStatus& status) {
              {"detail", status.detail}});
 }
 
+// The vision engine, loaded on its own thread so the server answers
+// /healthz and /readyz (with progress) while a large model loads.
+class VisionService {
+public:
+  VisionService(const Config& config, ModelBoard& board, ServerMetrics& metrics) : board_(board) {
+    vlm::EngineOptions options;
+    VisionModelFiles files;
+    status_ = discover_vision_model(config.vision, &files);
+    if (status_.state == ModelState::available)
+      board_.publish(status_); // loading starts right away
+    else
+      publish_and_report(board_, status_);
+    if (status_.state != ModelState::available) return;
+    options.model_id = status_.id;
+    options.model_path = files.model;
+    options.mmproj_path = files.mmproj;
+    options.context_per_slot = config.vision.max_model_len;
+    options.parallel = config.vision.parallel;
+    options.max_queue = config.vision.max_queue;
+    options.threads = config.vision.threads;
+    loader_ = std::thread([this, options, &metrics] { load(options, metrics); });
+  }
+  ~VisionService() {
+    if (loader_.joinable()) loader_.join();
+    std::lock_guard lock(mutex_);
+    engine_.reset(); // stops the scheduler thread
+  }
+
+  std::shared_ptr<vlm::VlmEngine> engine() {
+    std::lock_guard lock(mutex_);
+    return engine_;
+  }
+
+private:
+  void load(const vlm::EngineOptions& options, ServerMetrics& metrics) {
+    ModelStatus status = status_;
+    status.state = ModelState::loading;
+    status.detail.clear();
+    board_.publish(status);
+    log_event(spdlog::level::info, "loading model",
+              {{"service", "vision"}, {"model", status.id}, {"path", options.model_path}});
+    int last_percent = -1;
+    const auto started = std::chrono::steady_clock::now();
+    try {
+      auto engine = std::make_shared<vlm::VlmEngine>(options, metrics, [&](float progress) {
+        const int percent = static_cast<int>(progress * 100);
+        if (percent / 10 == last_percent / 10 && percent != 100) return;
+        last_percent = percent;
+        status.progress = progress;
+        board_.publish(status);
+        spdlog::info("loading vision model '{}': {}%", status.id, percent);
+      });
+      {
+        std::lock_guard lock(mutex_);
+        engine_ = std::move(engine);
+      }
+      status.state = ModelState::loaded;
+      status.progress = 1;
+      board_.publish(status);
+      log_event(spdlog::level::info, "model loaded",
+                {{"service", "vision"},
+                 {"model", status.id},
+                 {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()},
+                 {"images", !options.mmproj_path.empty()}});
+    } catch (const std::exception& error) {
+      status.state = ModelState::failed;
+      status.detail = error.what();
+      publish_and_report(board_, status);
+    }
+  }
+
+  ModelBoard& board_;
+  ModelStatus status_;
+  std::mutex mutex_;
+  std::shared_ptr<vlm::VlmEngine> engine_;
+  std::thread loader_;
+};
+
 } // namespace
 
 int run_role(Role role, const Config& config) {
@@ -44,7 +124,8 @@ int run_role(Role role, const Config& config) {
   const bool vision = runs(role, Role::vision, config.vision.enabled);
   const bool speech = runs(role, Role::speech, config.speech.enabled);
   const bool image = runs(role, Role::image, config.image.enabled);
-  if (vision) publish_and_report(board, discover_vision_model(config.vision));
+  std::optional<VisionService> vision_service;
+  if (vision) vision_service.emplace(config, board, metrics);
   if (speech) publish_and_report(board, discover_speech_model(config.speech));
   if (image) publish_and_report(board, discover_image_model(config.image));
   if (vision) metrics.queue_depth.labels({"vision"}).set(0);
@@ -53,7 +134,15 @@ int run_role(Role role, const Config& config) {
 
   http::HttpServer server(config.server, config.logging.access_log, router, metrics);
   api::register_system_routes(router, board, metrics, server.draining_flag());
-  if (vision) api::register_chat_routes(router, board, nullptr);
+  if (vision) {
+    api::register_chat_routes(
+        router, board,
+        [&vision_service](const api::ChatRequest& request, http::HttpExchange& exchange) -> http::net::awaitable<void> {
+          auto engine = vision_service->engine();
+          if (!engine) throw ApiError::unavailable("The vision model is not loaded yet.", 5, "model_not_loaded");
+          co_await api::run_chat_completion(*engine, request, exchange);
+        });
+  }
 
   server.listen();
   nlohmann::json services = nlohmann::json::array();

@@ -1,0 +1,118 @@
+#include "api/chat_completion.hpp"
+
+#include <boost/asio/this_coro.hpp>
+#include <chrono>
+
+namespace mmserve::api {
+namespace {
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+nlohmann::json usage_of(const vlm::GenerationEvent& done) {
+  return {{"prompt_tokens", done.prompt_tokens},
+          {"completion_tokens", done.completion_tokens},
+          {"total_tokens", done.prompt_tokens + done.completion_tokens}};
+}
+
+std::string sse(const nlohmann::json& payload) {
+  return "data: " + payload.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
+}
+
+// Cancels the engine job unless the response completed (client gone, error).
+struct CancelOnExit {
+  std::shared_ptr<vlm::Job> job;
+  bool completed = false;
+  ~CancelOnExit() {
+    if (!completed) vlm::VlmEngine::cancel(job);
+  }
+};
+
+} // namespace
+
+http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const ChatRequest& request,
+                                               http::HttpExchange& exchange) {
+  auto submission = engine.submit(request, co_await boost::asio::this_coro::executor);
+  CancelOnExit guard{submission.job};
+  const std::string id = "chatcmpl-" + exchange.request_id();
+  const int64_t created = unix_now();
+  const std::string& model = engine.options().model_id;
+
+  if (!request.stream) {
+    std::string content;
+    for (;;) {
+      for (auto& event : co_await submission.events->next_batch()) {
+        if (event.kind == vlm::GenerationEvent::Kind::delta) {
+          content += event.text;
+        } else if (event.kind == vlm::GenerationEvent::Kind::failed) {
+          throw ApiError(event.error_status, event.error_message,
+                         event.error_status < 500 ? "invalid_request_error" : "server_error", "generation_failed");
+        } else {
+          guard.completed = true;
+          const nlohmann::json body = {
+              {"id", id},
+              {"object", "chat.completion"},
+              {"created", created},
+              {"model", model},
+              {"choices", nlohmann::json::array({{{"index", 0},
+                                                  {"message", {{"role", "assistant"}, {"content", content}}},
+                                                  {"logprobs", nullptr},
+                                                  {"finish_reason", event.finish_reason}}})},
+              {"usage", usage_of(event)}};
+          co_await exchange.respond_json(200, body);
+          co_return;
+        }
+      }
+    }
+  }
+
+  // Streaming: errors found before the first token still get a status code.
+  bool started = false;
+  auto chunk = [&](nlohmann::json delta, nlohmann::json finish_reason) {
+    return nlohmann::json{{"id", id},
+                          {"object", "chat.completion.chunk"},
+                          {"created", created},
+                          {"model", model},
+                          {"choices", nlohmann::json::array({{{"index", 0},
+                                                              {"delta", std::move(delta)},
+                                                              {"logprobs", nullptr},
+                                                              {"finish_reason", std::move(finish_reason)}}})}};
+  };
+  for (;;) {
+    auto events = co_await submission.events->next_batch();
+    for (auto& event : events) {
+      if (event.kind == vlm::GenerationEvent::Kind::failed) {
+        throw ApiError(event.error_status, event.error_message,
+                       event.error_status < 500 ? "invalid_request_error" : "server_error", "generation_failed");
+      }
+      if (!started) {
+        co_await exchange.begin_stream(200, "text/event-stream");
+        const nlohmann::json first = chunk({{"role", "assistant"}, {"content", ""}}, nullptr);
+        co_await exchange.write_chunk(sse(first));
+        started = true;
+      }
+      if (event.kind == vlm::GenerationEvent::Kind::delta) {
+        const nlohmann::json delta = chunk({{"content", event.text}}, nullptr);
+        co_await exchange.write_chunk(sse(delta));
+        continue;
+      }
+      guard.completed = true;
+      std::string tail = sse(chunk(nlohmann::json::object(), event.finish_reason));
+      if (request.include_usage) {
+        tail += sse({{"id", id},
+                     {"object", "chat.completion.chunk"},
+                     {"created", created},
+                     {"model", model},
+                     {"choices", nlohmann::json::array()},
+                     {"usage", usage_of(event)}});
+      }
+      tail += "data: [DONE]\n\n";
+      co_await exchange.write_chunk(tail);
+      co_await exchange.end_stream();
+      co_return;
+    }
+  }
+}
+
+} // namespace mmserve::api

@@ -1,0 +1,14 @@
+// Runs a validated chat request on the vision engine and writes the OpenAI
+// response: one JSON object, or an SSE stream of chat.completion.chunk.
+#pragma once
+
+#include "api/chat_request.hpp"
+#include "core/http_exchange.hpp"
+#include "engines/vlm/vlm_engine.hpp"
+
+namespace mmserve::api {
+
+http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const ChatRequest& request,
+                                               http::HttpExchange& exchange);
+
+} // namespace mmserve::api

@@ -1,0 +1,512 @@
+#include "engines/vlm/vlm_engine.hpp"
+
+#include "core/api_error.hpp"
+
+#include "chat.h"
+#include "common.h"
+#include "json-schema-to-grammar.h"
+#include "llama.h"
+#include "mtmd-helper.h"
+#include "mtmd.h"
+#include "sampling.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+namespace mmserve::vlm {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct BitmapDeleter {
+  void operator()(mtmd_bitmap* bitmap) const { mtmd_bitmap_free(bitmap); }
+};
+using BitmapPtr = std::unique_ptr<mtmd_bitmap, BitmapDeleter>;
+
+struct ChunksDeleter {
+  void operator()(mtmd_input_chunks* chunks) const { mtmd_input_chunks_free(chunks); }
+};
+
+std::optional<std::string> decode_base64(std::string_view text) {
+  static constexpr auto value_of = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+' || c == '-') return 62;
+    if (c == '/' || c == '_') return 63;
+    return -1;
+  };
+  std::string out;
+  out.reserve(text.size() * 3 / 4);
+  uint32_t buffer = 0;
+  int bits = 0;
+  size_t padding = 0;
+  for (char c : text) {
+    if (c == '=') {
+      ++padding;
+      continue;
+    }
+    if (c == '\n' || c == '\r' || c == ' ') continue;
+    if (padding) return std::nullopt; // data after padding
+    const int v = value_of(c);
+    if (v < 0) return std::nullopt;
+    buffer = (buffer << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((buffer >> bits) & 0xff));
+    }
+  }
+  if (padding > 2 || bits >= 6) return std::nullopt;
+  return out;
+}
+
+// Length of the tail of `text` that is an incomplete UTF-8 sequence.
+size_t incomplete_utf8_tail(const std::string& text) {
+  for (size_t back = 1; back <= std::min<size_t>(4, text.size()); ++back) {
+    const auto c = static_cast<unsigned char>(text[text.size() - back]);
+    if ((c & 0xC0) == 0x80) continue; // continuation byte: look further back
+    size_t need = 1;
+    if ((c & 0xE0) == 0xC0)
+      need = 2;
+    else if ((c & 0xF0) == 0xE0)
+      need = 3;
+    else if ((c & 0xF8) == 0xF0)
+      need = 4;
+    return need > back ? back : 0;
+  }
+  return 0;
+}
+
+void ensure_backend() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llama_backend_init();
+    llama_log_set(
+        [](ggml_log_level level, const char* text, void*) {
+          if (level >= GGML_LOG_LEVEL_WARN) {
+            std::string line(text);
+            while (!line.empty() && line.back() == '\n')
+              line.pop_back();
+            if (!line.empty()) spdlog::warn("llama.cpp: {}", line);
+          }
+        },
+        nullptr);
+  });
+}
+
+} // namespace
+
+struct Job {
+  api::ChatRequest request;
+  std::string prompt;
+  std::vector<BitmapPtr> images;
+  std::shared_ptr<AsyncChannel<GenerationEvent>> events;
+  std::atomic<bool> cancelled{false};
+  Clock::time_point queued_at = Clock::now();
+};
+
+struct VlmEngine::Slot {
+  int seq = 0;
+  std::shared_ptr<Job> job;
+  common_sampler* sampler = nullptr;
+  int n_past = 0;
+  int n_prompt = 0;
+  int n_generated = 0;
+  int max_tokens = 0;
+  int next_token = -1;
+  int batch_index = -1;
+  std::string text; // everything generated so far
+  size_t sent = 0;  // bytes of `text` already sent
+};
+
+VlmEngine::VlmEngine(EngineOptions options, ServerMetrics& metrics, std::function<void(float)> progress)
+    : options_(std::move(options)), metrics_(metrics) {
+  ensure_backend();
+  auto model_params = llama_model_default_params();
+  model_params.progress_callback = [](float value, void* user) {
+    (*static_cast<std::function<void(float)>*>(user))(value);
+    return true;
+  };
+  model_params.progress_callback_user_data = &progress;
+  model_ = llama_model_load_from_file(options_.model_path.c_str(), model_params);
+  if (!model_) throw std::runtime_error(fmt::format("cannot load GGUF model '{}'", options_.model_path));
+
+  // Past the trained context a model degrades silently: cap it, and say so.
+  const int trained = llama_model_n_ctx_train(model_);
+  if (trained > 0 && options_.context_per_slot > trained) {
+    spdlog::warn("vision.max_model_len {} is longer than the {} tokens '{}' was trained on; using {}",
+                 options_.context_per_slot, trained, options_.model_id, trained);
+    options_.context_per_slot = trained;
+  }
+  const int threads = options_.threads > 0 ? options_.threads : static_cast<int>(std::thread::hardware_concurrency());
+  auto context_params = llama_context_default_params();
+  context_params.n_seq_max = static_cast<uint32_t>(options_.parallel);
+  context_params.n_ctx = static_cast<uint32_t>(options_.context_per_slot * options_.parallel);
+  context_params.n_batch = static_cast<uint32_t>(options_.batch_size);
+  context_params.n_ubatch = static_cast<uint32_t>(options_.batch_size);
+  context_params.n_threads = threads;
+  context_params.n_threads_batch = threads;
+  context_params.kv_unified = false; // each slot its own context_per_slot tokens
+  context_params.no_perf = true;
+  context_ = llama_init_from_model(model_, context_params);
+  if (!context_) {
+    llama_model_free(model_);
+    throw std::runtime_error(
+        fmt::format("cannot create a context of {} tokens for '{}'", context_params.n_ctx, options_.model_path));
+  }
+
+  if (!options_.mmproj_path.empty()) {
+    auto vision_params = mtmd_context_params_default();
+    vision_params.n_threads = threads;
+    vision_params.print_timings = false;
+    vision_ = mtmd_init_from_file(options_.mmproj_path.c_str(), model_, vision_params);
+    if (!vision_) {
+      llama_free(context_);
+      llama_model_free(model_);
+      throw std::runtime_error(
+          fmt::format("cannot load projector '{}' for '{}'", options_.mmproj_path, options_.model_path));
+    }
+  }
+  templates_ = common_chat_templates_init(model_, "").release();
+  progress(1.0f);
+
+  for (int i = 0; i < options_.parallel; ++i) {
+    auto slot = std::make_unique<Slot>();
+    slot->seq = i;
+    slots_.push_back(std::move(slot));
+  }
+  scheduler_ = std::thread([this] { scheduler_loop(); });
+}
+
+VlmEngine::~VlmEngine() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (scheduler_.joinable()) scheduler_.join();
+  for (auto& slot : slots_) {
+    if (slot->sampler) common_sampler_free(slot->sampler);
+  }
+  if (templates_) common_chat_templates_free(templates_);
+  if (vision_) mtmd_free(vision_);
+  if (context_) llama_free(context_);
+  if (model_) llama_model_free(model_);
+}
+
+std::string VlmEngine::render_prompt(const api::ChatRequest& request) const {
+  common_chat_templates_inputs inputs;
+  inputs.use_jinja = true;
+  inputs.add_generation_prompt = true;
+  for (const auto& message : request.messages) {
+    common_chat_msg converted;
+    converted.role = message.role == "developer" ? "system" : message.role;
+    for (const auto& part : message.parts) {
+      if (part.kind == api::ChatContentPart::Kind::text) {
+        converted.content += part.text;
+      } else {
+        converted.content += mtmd_default_marker();
+      }
+    }
+    inputs.messages.push_back(std::move(converted));
+  }
+  try {
+    return common_chat_templates_apply(templates_, inputs).prompt;
+  } catch (const std::exception& error) {
+    throw ApiError::bad_request(fmt::format("The model's chat template rejected these messages: {}", error.what()),
+                                "messages", "chat_template_error");
+  }
+}
+
+VlmEngine::Submission VlmEngine::submit(const api::ChatRequest& request, boost::asio::any_io_executor executor) {
+  auto job = std::make_shared<Job>();
+  job->request = request;
+  if (request.image_count() > 0 && !vision_) {
+    throw ApiError::bad_request(
+        fmt::format("The model '{}' takes text only (no vision projector is loaded).", options_.model_id), "messages",
+        "images_not_supported");
+  }
+  for (size_t m = 0; m < request.messages.size(); ++m) {
+    const auto& parts = request.messages[m].parts;
+    for (size_t p = 0; p < parts.size(); ++p) {
+      if (parts[p].kind != api::ChatContentPart::Kind::image_url) continue;
+      const std::string param = fmt::format("messages[{}].content[{}].image_url.url", m, p);
+      const std::string& url = parts[p].url;
+      if (!url.starts_with("data:")) {
+        throw ApiError::bad_request("Only data: URIs (base64) are accepted for images in this build.", param,
+                                    "unsupported_image_url");
+      }
+      const auto comma = url.find(',');
+      if (comma == std::string::npos || url.substr(0, comma).find(";base64") == std::string::npos) {
+        throw ApiError::bad_request("Invalid data URI: expected data:<type>;base64,<data>.", param, "invalid_image");
+      }
+      const auto bytes = decode_base64(std::string_view(url).substr(comma + 1));
+      if (!bytes || bytes->empty()) {
+        throw ApiError::bad_request("Invalid base64 in the image data URI.", param, "invalid_image");
+      }
+      const auto started = Clock::now();
+      auto wrapper = mtmd_helper_bitmap_init_from_buf(vision_, reinterpret_cast<const unsigned char*>(bytes->data()),
+                                                      bytes->size(), false, mtmd_helper_init_opt_default());
+      if (!wrapper.bitmap) {
+        throw ApiError::bad_request("The image could not be decoded (supported: jpeg, png, gif).", param,
+                                    "invalid_image");
+      }
+      metrics_.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes->size()));
+      metrics_.image_processing_seconds.labels({"vision", "decode"})
+          .observe(std::chrono::duration<double>(Clock::now() - started).count());
+      job->images.emplace_back(wrapper.bitmap);
+    }
+  }
+  job->prompt = render_prompt(request);
+  job->events = std::make_shared<AsyncChannel<GenerationEvent>>(std::move(executor));
+  {
+    std::lock_guard lock(mutex_);
+    const auto busy = static_cast<size_t>(busy_slots_.load());
+    if (queue_.size() + busy >= static_cast<size_t>(options_.max_queue + options_.parallel)) {
+      throw ApiError::too_many_requests(fmt::format("The model '{}' is busy: {} requests are queued. Retry shortly.",
+                                                    options_.model_id, queue_.size()),
+                                        1);
+    }
+    queue_.push_back(job);
+    metrics_.queue_depth.labels({"vision"}).set(static_cast<double>(queue_.size()));
+  }
+  wake_.notify_one();
+  return {job->events, job};
+}
+
+void VlmEngine::cancel(const std::shared_ptr<Job>& job) {
+  if (job) job->cancelled = true;
+}
+
+void VlmEngine::scheduler_loop() {
+  for (;;) {
+    std::vector<std::shared_ptr<Job>> admitted;
+    {
+      std::unique_lock lock(mutex_);
+      const auto has_active = [&] {
+        return std::any_of(slots_.begin(), slots_.end(), [](const auto& slot) { return slot->job != nullptr; });
+      };
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || has_active(); });
+      if (stopping_) break;
+      // Admit waiting requests into free slots between decode steps.
+      for (auto& slot : slots_) {
+        if (slot->job || queue_.empty()) continue;
+        auto job = queue_.front();
+        queue_.pop_front();
+        if (job->cancelled) continue;
+        slot->job = job; // reserved; started below, outside the lock
+        ++busy_slots_;
+        admitted.push_back(job);
+      }
+      metrics_.queue_depth.labels({"vision"}).set(static_cast<double>(queue_.size()));
+    }
+    for (auto& slot : slots_) {
+      if (slot->job && slot->sampler == nullptr) start_slot(*slot, slot->job);
+    }
+    decode_step();
+  }
+  for (auto& slot : slots_) {
+    if (slot->job) fail_slot(*slot, 503, "The server is shutting down.");
+  }
+  std::lock_guard lock(mutex_);
+  for (auto& job : queue_) {
+    job->events->push(GenerationEvent::failure(503, "The server is shutting down."));
+  }
+  queue_.clear();
+}
+
+bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
+  const auto started = Clock::now();
+  const auto& request = job->request;
+  common_params_sampling sampling;
+  sampling.temp = static_cast<float>(request.temperature);
+  sampling.top_p = static_cast<float>(request.top_p);
+  sampling.penalty_present = static_cast<float>(request.presence_penalty);
+  sampling.penalty_freq = static_cast<float>(request.frequency_penalty);
+  sampling.seed = request.seed ? static_cast<uint32_t>(*request.seed) : std::random_device{}();
+  if (request.json_object) {
+    sampling.grammar =
+        common_grammar(COMMON_GRAMMAR_TYPE_USER, json_schema_to_grammar(common_json::parse(R"({"type":"object"})")));
+  }
+  slot.sampler = common_sampler_init(model_, sampling);
+  slot.text.clear();
+  slot.sent = 0;
+  slot.n_generated = 0;
+  slot.max_tokens = request.max_tokens.value_or(options_.context_per_slot);
+  if (!slot.sampler) {
+    fail_slot(slot, 400, "The sampling parameters could not be set up.");
+    return false;
+  }
+  llama_memory_seq_rm(llama_get_memory(context_), slot.seq, -1, -1);
+
+  llama_pos n_past = 0;
+  if (vision_) {
+    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks(mtmd_input_chunks_init());
+    mtmd_input_text text{job->prompt.c_str(), job->prompt.size(), true, true};
+    std::vector<const mtmd_bitmap*> bitmaps;
+    for (const auto& image : job->images)
+      bitmaps.push_back(image.get());
+    if (mtmd_tokenize(vision_, chunks.get(), &text, bitmaps.data(), bitmaps.size()) != 0) {
+      fail_slot(slot, 400, "The prompt and its images could not be tokenized.");
+      return false;
+    }
+    slot.n_prompt = static_cast<int>(mtmd_helper_get_n_tokens(chunks.get()));
+    if (slot.n_prompt >= options_.context_per_slot) {
+      fail_slot(
+          slot, 400,
+          fmt::format("The prompt is {} tokens; the context holds {}.", slot.n_prompt, options_.context_per_slot));
+      return false;
+    }
+    if (mtmd_helper_eval_chunks(vision_, context_, chunks.get(), 0, slot.seq, options_.batch_size, true, &n_past) !=
+        0) {
+      fail_slot(slot, 500, "Evaluating the prompt failed.");
+      return false;
+    }
+  } else {
+    const auto tokens = common_tokenize(context_, job->prompt, true, true);
+    slot.n_prompt = static_cast<int>(tokens.size());
+    if (tokens.empty() || slot.n_prompt >= options_.context_per_slot) {
+      fail_slot(
+          slot, 400,
+          fmt::format("The prompt is {} tokens; the context holds {}.", slot.n_prompt, options_.context_per_slot));
+      return false;
+    }
+    llama_batch batch = llama_batch_init(options_.batch_size, 0, 1);
+    for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(options_.batch_size)) {
+      const size_t end = std::min(tokens.size(), begin + static_cast<size_t>(options_.batch_size));
+      common_batch_clear(batch);
+      for (size_t i = begin; i < end; ++i) {
+        common_batch_add(batch, tokens[i], static_cast<llama_pos>(i), {slot.seq}, i + 1 == tokens.size());
+      }
+      if (llama_decode(context_, batch) != 0) {
+        llama_batch_free(batch);
+        fail_slot(slot, 500, "Evaluating the prompt failed.");
+        return false;
+      }
+    }
+    llama_batch_free(batch);
+    n_past = static_cast<llama_pos>(tokens.size());
+  }
+  slot.n_past = n_past;
+  metrics_.model_inference_seconds.labels({"vision", options_.model_id, "prefill"})
+      .observe(std::chrono::duration<double>(Clock::now() - started).count());
+
+  const llama_token token = common_sampler_sample(slot.sampler, context_, -1);
+  common_sampler_accept(slot.sampler, token, true);
+  emit_token(slot, token);
+  return true;
+}
+
+void VlmEngine::decode_step() {
+  // Requests whose client went away free their slots first.
+  for (auto& slot : slots_) {
+    if (slot->job && slot->job->cancelled) release_slot(*slot);
+  }
+  std::vector<Slot*> active;
+  for (auto& slot : slots_) {
+    if (slot->job && slot->sampler) active.push_back(slot.get());
+  }
+  if (active.empty()) return;
+
+  const auto started = Clock::now();
+  llama_batch batch = llama_batch_init(static_cast<int32_t>(active.size()), 0, 1);
+  for (size_t i = 0; i < active.size(); ++i) {
+    common_batch_add(batch, active[i]->next_token, active[i]->n_past, {active[i]->seq}, true);
+    active[i]->batch_index = static_cast<int>(i);
+  }
+  const int rc = llama_decode(context_, batch);
+  llama_batch_free(batch);
+  if (rc != 0) {
+    for (Slot* slot : active)
+      fail_slot(*slot, 500, fmt::format("Decoding failed (llama_decode returned {}).", rc));
+    return;
+  }
+  metrics_.model_inference_seconds.labels({"vision", options_.model_id, "decode"})
+      .observe(std::chrono::duration<double>(Clock::now() - started).count());
+  for (Slot* slot : active) {
+    slot->n_past += 1;
+    const llama_token token = common_sampler_sample(slot->sampler, context_, slot->batch_index);
+    common_sampler_accept(slot->sampler, token, true);
+    emit_token(*slot, token);
+  }
+}
+
+void VlmEngine::emit_token(Slot& slot, int token) {
+  const llama_vocab* vocab = llama_model_get_vocab(model_);
+  if (llama_vocab_is_eog(vocab, token)) {
+    finish_slot(slot, "stop");
+    return;
+  }
+  slot.n_generated += 1;
+  metrics_.tokens_generated_total.labels({"vision", options_.model_id}).inc();
+  slot.text += common_token_to_piece(context_, token, false);
+
+  const auto& stops = slot.job->request.stop;
+  size_t longest_stop = 0;
+  for (const auto& stop : stops)
+    longest_stop = std::max(longest_stop, stop.size());
+  const size_t search_from = slot.sent > longest_stop ? slot.sent - longest_stop : 0;
+  for (const auto& stop : stops) {
+    if (stop.empty()) continue;
+    const size_t at = slot.text.find(stop, search_from);
+    if (at != std::string::npos) {
+      slot.text.resize(at);
+      finish_slot(slot, "stop");
+      return;
+    }
+  }
+  if (slot.n_generated >= slot.max_tokens || slot.n_past + 1 >= options_.context_per_slot) {
+    finish_slot(slot, "length");
+    return;
+  }
+  // Hold back an incomplete UTF-8 character and any tail that may be the
+  // start of a stop sequence; send the rest now.
+  size_t safe_end = slot.text.size() - incomplete_utf8_tail(slot.text);
+  for (const auto& stop : stops) {
+    for (size_t n = std::min(stop.size() - 1, slot.text.size()); n > 0; --n) {
+      if (slot.text.compare(slot.text.size() - n, n, stop, 0, n) == 0) {
+        safe_end = std::min(safe_end, slot.text.size() - n);
+        break;
+      }
+    }
+  }
+  if (safe_end > slot.sent) {
+    slot.job->events->push(GenerationEvent::delta(slot.text.substr(slot.sent, safe_end - slot.sent)));
+    slot.sent = safe_end;
+  }
+  slot.next_token = token;
+}
+
+void VlmEngine::finish_slot(Slot& slot, const std::string& reason) {
+  if (slot.text.size() > slot.sent) {
+    slot.job->events->push(GenerationEvent::delta(slot.text.substr(slot.sent)));
+  }
+  GenerationEvent done;
+  done.kind = GenerationEvent::Kind::done;
+  done.finish_reason = reason;
+  done.prompt_tokens = slot.n_prompt;
+  done.completion_tokens = slot.n_generated;
+  slot.job->events->push(std::move(done));
+  release_slot(slot);
+}
+
+void VlmEngine::fail_slot(Slot& slot, int status, const std::string& message) {
+  slot.job->events->push(GenerationEvent::failure(status, message));
+  release_slot(slot);
+}
+
+void VlmEngine::release_slot(Slot& slot) {
+  if (slot.sampler) common_sampler_free(slot.sampler);
+  slot.sampler = nullptr;
+  llama_memory_seq_rm(llama_get_memory(context_), slot.seq, -1, -1);
+  slot.job.reset();
+  --busy_slots_;
+}
+
+} // namespace mmserve::vlm

@@ -1,0 +1,247 @@
+// The vision service's chat completions on a real trained model
+// (stories260K), over real sockets, compared with llama.cpp's own server.
+#include "test_server.hpp"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <future>
+#include <thread>
+
+using namespace mmserve::test;
+using nlohmann::json;
+
+namespace {
+
+std::string models_dir() {
+  const char* env = std::getenv("MMSERVE_TEST_MODELS");
+  return env && *env ? env : std::string(MMSERVE_SOURCE_DIR) + "/../shared/models";
+}
+
+std::string stories_model() {
+  return models_dir() + "/stories260K.gguf";
+}
+
+#define REQUIRE_MODEL(path)                                                                                            \
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "model file absent, skipping: " << (path)
+
+json chat_body(const std::string& prompt, int max_tokens, json extra = json::object()) {
+  json body = {{"messages", json::array({{{"role", "user"}, {"content", prompt}}})},
+               {"max_tokens", max_tokens},
+               {"temperature", 0}};
+  for (auto& [key, value] : extra.items())
+    body[key] = value;
+  return body;
+}
+
+json post_json(uint16_t port, const json& body, unsigned expected_status = 200) {
+  const auto response =
+      request(port, "POST", "/v1/chat/completions", body.dump(), {{"Content-Type", "application/json"}});
+  EXPECT_EQ(response.status, expected_status) << response.body;
+  return json::parse(response.body);
+}
+
+// Reads an SSE response body into its JSON events; the last one must be [DONE].
+std::vector<json> sse_events(const std::string& body, bool* saw_done) {
+  std::vector<json> events;
+  *saw_done = false;
+  size_t start = 0;
+  while ((start = body.find("data: ", start)) != std::string::npos) {
+    const size_t end = body.find("\n\n", start);
+    const std::string payload = body.substr(start + 6, end - start - 6);
+    start = end;
+    if (payload == "[DONE]") {
+      *saw_done = true;
+      break;
+    }
+    events.push_back(json::parse(payload));
+  }
+  return events;
+}
+
+std::string vision_config(int parallel = 2, int max_queue = 8) {
+  return "vision:\n  model_path: " + stories_model() + "\n  parallel: " + std::to_string(parallel) +
+         "\n  max_queue: " + std::to_string(max_queue) + "\n  max_model_len: 1024\n";
+}
+
+void wait_until_loaded(uint16_t port) {
+  for (int i = 0; i < 500; ++i) {
+    if (request(port, "GET", "/readyz").status == 200) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  FAIL() << "the model did not load";
+}
+
+} // namespace
+
+class VisionChat : public ::testing::Test {
+protected:
+  void SetUp() override {
+    REQUIRE_MODEL(stories_model());
+    server_ = std::make_unique<ServerProcess>(vision_config(), "vision");
+    wait_until_loaded(server_->port());
+  }
+  uint16_t port() const { return server_->port(); }
+  std::unique_ptr<ServerProcess> server_;
+};
+
+TEST_F(VisionChat, GreedyAnswerIsDeterministicWithUsage) {
+  const json first = post_json(port(), chat_body("Once upon a time", 24));
+  const json second = post_json(port(), chat_body("Once upon a time", 24));
+  ASSERT_EQ(first["object"], "chat.completion");
+  const auto& choice = first["choices"][0];
+  EXPECT_EQ(choice["message"]["role"], "assistant");
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_FALSE(choice["message"]["content"].get<std::string>().empty());
+  EXPECT_EQ(first["usage"]["completion_tokens"], 24);
+  EXPECT_GT(first["usage"]["prompt_tokens"].get<int>(), 3);
+  EXPECT_EQ(first["usage"]["total_tokens"],
+            first["usage"]["prompt_tokens"].get<int>() + first["usage"]["completion_tokens"].get<int>());
+  EXPECT_EQ(first["model"], "stories260K");
+  EXPECT_EQ(choice["message"]["content"], second["choices"][0]["message"]["content"]);
+}
+
+TEST_F(VisionChat, StreamCarriesTheSameTextAsTheWholeAnswer) {
+  const json whole = post_json(port(), chat_body("Once upon a time", 20));
+  const auto response = request(
+      port(), "POST", "/v1/chat/completions",
+      chat_body("Once upon a time", 20, {{"stream", true}, {"stream_options", {{"include_usage", true}}}}).dump());
+  ASSERT_EQ(response.status, 200u);
+  EXPECT_EQ(response.header("content-type"), "text/event-stream");
+  bool done = false;
+  const auto events = sse_events(response.body, &done);
+  EXPECT_TRUE(done);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.front()["choices"][0]["delta"]["role"], "assistant");
+  std::string streamed;
+  std::string finish;
+  for (const auto& event : events) {
+    EXPECT_EQ(event["object"], "chat.completion.chunk");
+    if (event["choices"].empty()) continue;
+    const auto& delta = event["choices"][0]["delta"];
+    if (delta.contains("content")) streamed += delta["content"].get<std::string>();
+    if (!event["choices"][0]["finish_reason"].is_null()) finish = event["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(streamed, whole["choices"][0]["message"]["content"]);
+  EXPECT_EQ(finish, "length");
+  EXPECT_TRUE(events.back()["choices"].empty());
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"], 20);
+}
+
+TEST_F(VisionChat, StopSequenceEndsTheAnswerBeforeIt) {
+  const std::string full = post_json(port(), chat_body("Once upon a time", 30))["choices"][0]["message"]["content"];
+  ASSERT_GT(full.size(), 12u);
+  const std::string stop = full.substr(8, 3);
+  const json stopped = post_json(port(), chat_body("Once upon a time", 30, {{"stop", json::array({stop})}}));
+  const std::string content = stopped["choices"][0]["message"]["content"];
+  EXPECT_EQ(stopped["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(content, full.substr(0, full.find(stop)));
+}
+
+TEST_F(VisionChat, ConcurrentRequestsAllComplete) {
+  std::vector<std::future<json>> answers;
+  for (int i = 0; i < 4; ++i) {
+    answers.push_back(
+        std::async(std::launch::async, [this] { return post_json(port(), chat_body("Once upon a time", 16)); }));
+  }
+  for (auto& answer : answers) {
+    const json result = answer.get();
+    EXPECT_EQ(result["usage"]["completion_tokens"], 16);
+    EXPECT_EQ(result["choices"][0]["finish_reason"], "length");
+  }
+}
+
+TEST_F(VisionChat, BadRequestsAreClear4xxAndServingGoesOn) {
+  json image = chat_body("What is this?", 8);
+  image["messages"][0]["content"] =
+      json::array({{{"type", "text"}, {"text", "What is this?"}},
+                   {{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64,iVBORw0KGgo="}}}}});
+  EXPECT_EQ(post_json(port(), image, 400)["error"]["code"], "images_not_supported");
+  EXPECT_EQ(post_json(port(), chat_body("x", 8, {{"model", "gpt-4o"}}), 404)["error"]["code"], "model_not_found");
+  json empty = chat_body("x", 8);
+  empty["messages"] = json::array();
+  EXPECT_EQ(post_json(port(), empty, 400)["error"]["param"], "messages");
+  EXPECT_EQ(post_json(port(), chat_body("x", 8, {{"temperature", "hot"}}), 400)["error"]["param"], "temperature");
+  EXPECT_EQ(post_json(port(), chat_body("Once upon a time", 4))["usage"]["completion_tokens"], 4);
+}
+
+TEST(VisionChatLimits, FullQueueAnswers429WithRetryAfter) {
+  REQUIRE_MODEL(stories_model());
+  ServerProcess server(vision_config(1, 0), "vision");
+  wait_until_loaded(server.port());
+  // A long streamed answer holds the only slot; its first bytes prove it started.
+  Connection holder(server.port());
+  holder.send_raw(
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ");
+  const std::string body = chat_body("Once upon a time", 900, {{"stream", true}}).dump();
+  holder.send_raw(std::to_string(body.size()) + "\r\n\r\n" + body);
+  char first[16];
+  ASSERT_GT(::recv(holder.socket().native_handle(), first, sizeof first, 0), 0);
+  const auto refused = request(server.port(), "POST", "/v1/chat/completions", chat_body("Hello", 4).dump());
+  EXPECT_EQ(refused.status, 429u) << refused.body;
+  EXPECT_EQ(json::parse(refused.body)["error"]["type"], "rate_limit_error");
+  EXPECT_FALSE(refused.header("retry-after").empty());
+}
+
+TEST(VisionChatLimits, DisconnectedClientFreesItsSlot) {
+  REQUIRE_MODEL(stories_model());
+  ServerProcess server(vision_config(1, 4), "vision");
+  wait_until_loaded(server.port());
+  {
+    Connection gone(server.port());
+    const std::string body = chat_body("Once upon a time", 900, {{"stream", true}}).dump();
+    gone.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
+                  "\r\n\r\n" + body);
+    char first[16];
+    ASSERT_GT(::recv(gone.socket().native_handle(), first, sizeof first, 0), 0);
+  } // the client hangs up after the first bytes
+  // With one slot, this answer can only come once the abandoned one stopped.
+  const json next = post_json(server.port(), chat_body("Once upon a time", 4));
+  EXPECT_EQ(next["usage"]["completion_tokens"], 4);
+  const auto metrics = request(server.port(), "GET", "/metrics").body;
+  const std::string key = "tokens_generated_total{service=\"vision\",model=\"stories260K\"} ";
+  const auto at = metrics.find(key);
+  ASSERT_NE(at, std::string::npos) << metrics;
+  EXPECT_LT(std::stod(metrics.substr(at + key.size())), 900 + 4) << "the abandoned request ran to its end";
+}
+
+TEST(VisionChatParity, SameAnswerAsLlamaCppServer) {
+  REQUIRE_MODEL(stories_model());
+  // llama.cpp's own server, built from the same tree, on the same model.
+  const uint16_t peer_port = free_port();
+  const std::string dir = make_temp_dir("llama-server");
+  const std::string log = dir + "/llama-server.log";
+  const std::string command = std::string(LLAMA_SERVER) + " -m " + stories_model() + " --port " +
+                              std::to_string(peer_port) + " -c 1024 -np 1 --no-webui > " + log + " 2>&1 & echo $!";
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  int peer_pid = 0;
+  ASSERT_EQ(fscanf(pipe, "%d", &peer_pid), 1);
+  pclose(pipe);
+  struct KillPeer {
+    int pid;
+    ~KillPeer() { kill(pid, SIGKILL); }
+  } kill_peer{peer_pid};
+  bool peer_ready = false;
+  for (int i = 0; i < 300 && !peer_ready; ++i) {
+    try {
+      peer_ready = request(peer_port, "GET", "/health").status == 200;
+    } catch (const std::exception&) {
+    }
+    if (!peer_ready) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(peer_ready) << read_file(log);
+
+  ServerProcess server(vision_config(1, 4), "vision");
+  wait_until_loaded(server.port());
+  for (const std::string prompt : {"Once upon a time", "The little dog"}) {
+    const json body = chat_body(prompt, 48);
+    const json ours = post_json(server.port(), body);
+    const json theirs = post_json(peer_port, body);
+    ASSERT_FALSE(ours["choices"][0]["message"]["content"].get<std::string>().empty()) << prompt;
+    EXPECT_EQ(ours["choices"][0]["message"]["content"], theirs["choices"][0]["message"]["content"]) << prompt;
+    EXPECT_EQ(ours["usage"]["prompt_tokens"], theirs["usage"]["prompt_tokens"]) << prompt;
+    EXPECT_EQ(ours["usage"]["completion_tokens"], theirs["usage"]["completion_tokens"]) << prompt;
+  }
+}
