@@ -108,11 +108,22 @@ install_whisper_cpp() {
   log "whisper.cpp: unpacked to ${dest} ($(grep -m1 -o 'VERSION [0-9]*\.[0-9]*\.[0-9]*' "$dest/CMakeLists.txt"))"
 }
 
+# The test clients (openai SDK, ...), exactly as pinned in the lockfile.
+install_node_test_packages() {
+  local dir="${ROOT}/tests/node" stamp
+  stamp="${dir}/node_modules/.mmserve-lock-$(openssl dgst -sha256 -r "${dir}/package-lock.json" | cut -c1-16)"
+  [[ -f "$stamp" ]] && { log "node test packages: present"; return; }
+  log "installing node test packages from tests/node/package-lock.json"
+  (cd "$dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
+  touch "$stamp"
+}
+
 main() {
   install_apt_packages
   mkdir -p "$THIRD_PARTY"
   install_llama_cpp
   install_whisper_cpp
+  install_node_test_packages
   log "done"
 }
 

@@ -70,6 +70,10 @@ ServerMetrics::ServerMetrics()
       http_requests_in_flight(registry.gauge("http_requests_in_flight", "HTTP requests currently being handled.")),
       http_connections_open(registry.gauge("http_connections_open", "Open client connections.")),
       queue_depth(registry.gauge("mmserve_queue_depth", "Jobs waiting in a service's queue.", {"service"})),
+      slots_busy(registry.gauge("mmserve_slots_busy", "Engine slots working on a request.", {"service"})),
+      time_to_first_token_seconds(registry.histogram("time_to_first_token_seconds",
+                                                     "From a request entering the queue to its first token.",
+                                                     {"service", "model"}, metrics::duration_buckets())),
       model_ready(
           registry.gauge("mmserve_model_ready", "1 when a model is loaded and serving, else 0.", {"service", "model"})),
       build_info(registry.gauge("mmserve_build_info", "Build information; always 1.", {"version"})) {

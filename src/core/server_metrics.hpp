@@ -27,9 +27,11 @@ struct ServerMetrics {
   metrics::GaugeFamily& http_connections_open;             // (none)
 
   // Services.
-  metrics::GaugeFamily& queue_depth; // service
-  metrics::GaugeFamily& model_ready; // service, model
-  metrics::GaugeFamily& build_info;  // version
+  metrics::GaugeFamily& queue_depth;                     // service
+  metrics::GaugeFamily& slots_busy;                      // service
+  metrics::HistogramFamily& time_to_first_token_seconds; // service, model
+  metrics::GaugeFamily& model_ready;                     // service, model
+  metrics::GaugeFamily& build_info;                      // version
 };
 
 } // namespace mmserve

@@ -245,3 +245,16 @@ TEST(VisionChatParity, SameAnswerAsLlamaCppServer) {
     EXPECT_EQ(ours["usage"]["completion_tokens"], theirs["usage"]["completion_tokens"]) << prompt;
   }
 }
+
+TEST_F(VisionChat, MetricsRecordInferenceAndTokens) {
+  post_json(port(), chat_body("Once upon a time", 10));
+  const std::string metrics = request(port(), "GET", "/metrics").body;
+  for (const std::string series :
+       {R"(tokens_generated_total{service="vision",model="stories260K"} 10)",
+        R"(model_inference_seconds_count{service="vision",model="stories260K",phase="prefill"} 1)",
+        R"(model_inference_seconds_count{service="vision",model="stories260K",phase="decode"} 9)",
+        R"(time_to_first_token_seconds_count{service="vision",model="stories260K"} 1)",
+        R"(mmserve_model_ready{service="vision",model="stories260K"} 1)", R"(mmserve_slots_busy{service="vision"} 0)"}) {
+    EXPECT_NE(metrics.find(series), std::string::npos) << series << "\n" << metrics;
+  }
+}

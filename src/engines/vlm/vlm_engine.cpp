@@ -302,6 +302,7 @@ void VlmEngine::scheduler_loop() {
         if (job->cancelled) continue;
         slot->job = job; // reserved; started below, outside the lock
         ++busy_slots_;
+        metrics_.slots_busy.labels({"vision"}).set(busy_slots_.load());
         admitted.push_back(job);
       }
       metrics_.queue_depth.labels({"vision"}).set(static_cast<double>(queue_.size()));
@@ -399,6 +400,8 @@ bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
 
   const llama_token token = common_sampler_sample(slot.sampler, context_, -1);
   common_sampler_accept(slot.sampler, token, true);
+  metrics_.time_to_first_token_seconds.labels({"vision", options_.model_id})
+      .observe(std::chrono::duration<double>(Clock::now() - job->queued_at).count());
   emit_token(slot, token);
   return true;
 }
@@ -507,6 +510,7 @@ void VlmEngine::release_slot(Slot& slot) {
   llama_memory_seq_rm(llama_get_memory(context_), slot.seq, -1, -1);
   slot.job.reset();
   --busy_slots_;
+  metrics_.slots_busy.labels({"vision"}).set(busy_slots_.load());
 }
 
 } // namespace mmserve::vlm
