@@ -50,6 +50,7 @@ public:
     options.parallel = config.vision.parallel;
     options.max_queue = config.vision.max_queue;
     options.threads = config.vision.threads;
+    options.image_formats = config.media.supported_formats;
     loader_ = std::thread([this, options, &metrics] { load(options, metrics); });
   }
   ~VisionService() {

@@ -254,7 +254,117 @@ TEST_F(VisionChat, MetricsRecordInferenceAndTokens) {
         R"(model_inference_seconds_count{service="vision",model="stories260K",phase="prefill"} 1)",
         R"(model_inference_seconds_count{service="vision",model="stories260K",phase="decode"} 9)",
         R"(time_to_first_token_seconds_count{service="vision",model="stories260K"} 1)",
-        R"(mmserve_model_ready{service="vision",model="stories260K"} 1)", R"(mmserve_slots_busy{service="vision"} 0)"}) {
+        R"(mmserve_model_ready{service="vision",model="stories260K"} 1)",
+        R"(mmserve_slots_busy{service="vision"} 0)"}) {
     EXPECT_NE(metrics.find(series), std::string::npos) << series << "\n" << metrics;
   }
+}
+
+// ---- images, through a projector the project generates (tools/gen_tiny_mmproj.py) ----
+
+namespace {
+
+std::string base64(const std::string& bytes) {
+  static constexpr char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const uint32_t n = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
+    out += {table[n >> 18], table[(n >> 12) & 63], table[(n >> 6) & 63], table[n & 63]};
+  }
+  if (i + 1 == bytes.size()) {
+    const uint32_t n = uint8_t(bytes[i]) << 16;
+    out += {table[n >> 18], table[(n >> 12) & 63], '=', '='};
+  } else if (i + 2 == bytes.size()) {
+    const uint32_t n = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8);
+    out += {table[n >> 18], table[(n >> 12) & 63], table[(n >> 6) & 63], '='};
+  }
+  return out;
+}
+
+std::string photo_path() {
+  return std::string(MMSERVE_SOURCE_DIR) + "/../shared/media/newspaper-moon.jpeg";
+}
+
+json image_body(const std::string& url, const std::string& text, int max_tokens) {
+  json body = chat_body(text, max_tokens);
+  body["messages"][0]["content"] =
+      json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}}, {{"type", "text"}, {"text", text}}});
+  return body;
+}
+
+} // namespace
+
+class VisionImages : public ::testing::Test {
+protected:
+  void SetUp() override {
+    REQUIRE_MODEL(stories_model());
+    REQUIRE_MODEL(photo_path());
+    server_ = std::make_unique<ServerProcess>(vision_config(2, 8) + "  mmproj_path: " + std::string(TINY_MMPROJ) + "\n",
+                                              "vision");
+    wait_until_loaded(server_->port());
+    photo_url_ = "data:image/jpeg;base64," + base64(read_file(photo_path()));
+  }
+  uint16_t port() const { return server_->port(); }
+  std::unique_ptr<ServerProcess> server_;
+  std::string photo_url_;
+};
+
+TEST_F(VisionImages, ImageTokensReachTheModelAndSteerIt) {
+  const json text_only = post_json(port(), chat_body("Once upon a time", 24));
+  const json with_image = post_json(port(), image_body(photo_url_, "Once upon a time", 24));
+  const json again = post_json(port(), image_body(photo_url_, "Once upon a time", 24));
+  // The projector yields 256 embeddings for a 32x32 image (16x16 patches).
+  EXPECT_GE(with_image["usage"]["prompt_tokens"].get<int>(), text_only["usage"]["prompt_tokens"].get<int>() + 256);
+  EXPECT_NE(with_image["choices"][0]["message"]["content"], text_only["choices"][0]["message"]["content"]);
+  EXPECT_EQ(with_image["choices"][0]["message"]["content"], again["choices"][0]["message"]["content"]);
+  const std::string metrics = request(port(), "GET", "/metrics").body;
+  EXPECT_NE(metrics.find(R"(image_size_bytes_count{service="vision"} 2)"), std::string::npos) << metrics;
+}
+
+TEST_F(VisionImages, BadImagesAreClear4xx) {
+  const auto error_of = [&](const std::string& url, unsigned status) {
+    return post_json(port(), image_body(url, "What is this?", 4), status)["error"];
+  };
+  EXPECT_EQ(error_of("data:image/png;base64,!!!not-base64!!!", 400)["code"], "invalid_image");
+  EXPECT_EQ(error_of("data:image/png,rawbytes", 400)["code"], "invalid_image");
+  // A text file that calls itself a PNG: the bytes decide, and they are no image.
+  const json text_file = error_of("data:image/png;base64," + base64("this is a text file, not a PNG"), 415);
+  EXPECT_EQ(text_file["code"], "unsupported_media_type");
+  EXPECT_NE(text_file["message"].get<std::string>().find("jpeg, png"), std::string::npos) << text_file;
+  // A PNG header claiming 50000x50000 pixels is refused before any decoding.
+  std::string bomb = "\x89PNG\r\n\x1A\n";
+  bomb += std::string("\0\0\0\x0DIHDR", 8);
+  bomb += std::string("\0\0\xC3\x50\0\0\xC3\x50\x08\x02\0\0\0", 13);
+  bomb += std::string("\0\0\0\0", 4);
+  const json too_large = error_of("data:image/png;base64," + base64(bomb), 400);
+  EXPECT_EQ(too_large["code"], "image_too_large");
+  EXPECT_NE(too_large["message"].get<std::string>().find("50000x50000"), std::string::npos) << too_large;
+  // A JPEG cut off inside its header.
+  const std::string photo = read_file(photo_path());
+  EXPECT_EQ(error_of("data:image/jpeg;base64," + base64(photo.substr(0, 20)), 400)["code"], "invalid_image");
+  EXPECT_EQ(error_of("http://169.254.169.254/latest/meta-data", 400)["code"], "unsupported_image_url");
+  json in_assistant = image_body(photo_url_, "x", 4);
+  in_assistant["messages"][0]["role"] = "assistant";
+  EXPECT_EQ(post_json(port(), in_assistant, 400)["error"]["param"], "messages[0].content[0]");
+  // And the service goes on answering.
+  EXPECT_EQ(post_json(port(), image_body(photo_url_, "Once upon a time", 4))["usage"]["completion_tokens"], 4);
+}
+
+TEST_F(VisionImages, SameAnswerAsLlamaMtmdCli) {
+  // llama.cpp's own multimodal CLI, same model, projector, image and prompt,
+  // greedy. stories260K has no chat template; both sides use ChatML.
+  const std::string dir = make_temp_dir("mtmd-cli");
+  const std::string command =
+      std::string(LLAMA_MTMD_CLI) + " -m " + stories_model() + " --mmproj " + TINY_MMPROJ + " --image " + photo_path() +
+      " -p 'Once upon a time' --temp 0 -n 32 --chat-template chatml" + " > " + dir + "/out.txt 2> " + dir + "/err.txt";
+  ASSERT_EQ(std::system(command.c_str()), 0) << read_file(dir + "/err.txt");
+  std::string theirs = read_file(dir + "/out.txt");
+  while (!theirs.empty() && theirs.back() == '\n')
+    theirs.pop_back();
+  // The CLI prints a newline of its own before the answer.
+  if (!theirs.empty() && theirs.front() == '\n') theirs.erase(0, 1);
+  const json ours = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
+  ASSERT_FALSE(theirs.empty());
+  EXPECT_EQ(ours["choices"][0]["message"]["content"].get<std::string>(), theirs);
 }

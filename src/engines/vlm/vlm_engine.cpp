@@ -1,6 +1,7 @@
 #include "engines/vlm/vlm_engine.hpp"
 
 #include "core/api_error.hpp"
+#include "media/image_decode.hpp"
 
 #include "chat.h"
 #include "common.h"
@@ -87,16 +88,16 @@ void ensure_backend() {
   static std::once_flag once;
   std::call_once(once, [] {
     llama_backend_init();
-    llama_log_set(
-        [](ggml_log_level level, const char* text, void*) {
-          if (level >= GGML_LOG_LEVEL_WARN) {
-            std::string line(text);
-            while (!line.empty() && line.back() == '\n')
-              line.pop_back();
-            if (!line.empty()) spdlog::warn("llama.cpp: {}", line);
-          }
-        },
-        nullptr);
+    // llama.cpp and libmtmd speak through spdlog, warnings and errors only.
+    const auto forward = [](ggml_log_level level, const char* text, void*) {
+      if (level != GGML_LOG_LEVEL_WARN && level != GGML_LOG_LEVEL_ERROR) return;
+      std::string line(text);
+      while (!line.empty() && line.back() == '\n')
+        line.pop_back();
+      if (!line.empty()) spdlog::warn("llama.cpp: {}", line);
+    };
+    llama_log_set(forward, nullptr);
+    mtmd_helper_log_set(forward, nullptr);
   });
 }
 
@@ -251,16 +252,12 @@ VlmEngine::Submission VlmEngine::submit(const api::ChatRequest& request, boost::
         throw ApiError::bad_request("Invalid base64 in the image data URI.", param, "invalid_image");
       }
       const auto started = Clock::now();
-      auto wrapper = mtmd_helper_bitmap_init_from_buf(vision_, reinterpret_cast<const unsigned char*>(bytes->data()),
-                                                      bytes->size(), false, mtmd_helper_init_opt_default());
-      if (!wrapper.bitmap) {
-        throw ApiError::bad_request("The image could not be decoded (supported: jpeg, png, gif).", param,
-                                    "invalid_image");
-      }
+      const auto image = media::decode_image(*bytes, options_.image_formats, options_.max_image_pixels, param);
+      mtmd_bitmap* bitmap = mtmd_bitmap_init(image.width, image.height, image.pixels.data());
       metrics_.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes->size()));
       metrics_.image_processing_seconds.labels({"vision", "decode"})
           .observe(std::chrono::duration<double>(Clock::now() - started).count());
-      job->images.emplace_back(wrapper.bitmap);
+      job->images.emplace_back(bitmap);
     }
   }
   job->prompt = render_prompt(request);
@@ -487,21 +484,24 @@ void VlmEngine::emit_token(Slot& slot, int token) {
 }
 
 void VlmEngine::finish_slot(Slot& slot, const std::string& reason) {
-  if (slot.text.size() > slot.sent) {
-    slot.job->events->push(GenerationEvent::delta(slot.text.substr(slot.sent)));
-  }
+  // The slot is released before the client hears "done", so whatever the
+  // client looks at next (metrics, another request) sees it free.
+  const auto job = slot.job;
+  std::string rest = slot.text.size() > slot.sent ? slot.text.substr(slot.sent) : std::string();
   GenerationEvent done;
   done.kind = GenerationEvent::Kind::done;
   done.finish_reason = reason;
   done.prompt_tokens = slot.n_prompt;
   done.completion_tokens = slot.n_generated;
-  slot.job->events->push(std::move(done));
   release_slot(slot);
+  if (!rest.empty()) job->events->push(GenerationEvent::delta(std::move(rest)));
+  job->events->push(std::move(done));
 }
 
 void VlmEngine::fail_slot(Slot& slot, int status, const std::string& message) {
-  slot.job->events->push(GenerationEvent::failure(status, message));
+  const auto job = slot.job;
   release_slot(slot);
+  job->events->push(GenerationEvent::failure(status, message));
 }
 
 void VlmEngine::release_slot(Slot& slot) {

@@ -33,8 +33,10 @@ struct EngineOptions {
   int context_per_slot = 4096; // tokens each request may use, prompt included
   int parallel = 4;
   int max_queue = 64;
-  int threads = 0;      // 0: all cores
-  int batch_size = 512; // prompt tokens per decode call
+  int threads = 0;                                                         // 0: all cores
+  int batch_size = 512;                                                    // prompt tokens per decode call
+  std::vector<std::string> image_formats = {"jpeg", "png", "webp", "gif"}; // media.supported_formats
+  uint64_t max_image_pixels = 8192ull * 8192ull;                           // checked from the header, before decoding
 };
 
 // What the engine reports back for one request, in order.
