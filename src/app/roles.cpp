@@ -51,6 +51,7 @@ public:
     options.max_queue = config.vision.max_queue;
     options.threads = config.vision.threads;
     options.image_formats = config.media.supported_formats;
+    options.image_cache_bytes = config.vision.image_cache_bytes;
     loader_ = std::thread([this, options, &metrics] { load(options, metrics); });
   }
   ~VisionService() {

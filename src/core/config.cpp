@@ -237,6 +237,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s->read_int("max_queue", c.max_queue, 0, 100000);
     s->read_int("gpu_count", c.gpu_count, 0, 64);
     s->read_int("threads", c.threads, 0, 1024);
+    s->read_bytes("image_cache_size", c.image_cache_bytes);
     s->finish();
   }
   if (auto s = root.section("speech")) {
@@ -410,6 +411,7 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "max_queue" << YAML::Value << c.vision.max_queue;
   out << YAML::Key << "gpu_count" << YAML::Value << c.vision.gpu_count;
   out << YAML::Key << "threads" << YAML::Value << c.vision.threads;
+  out << YAML::Key << "image_cache_size" << YAML::Value << c.vision.image_cache_bytes;
   out << YAML::EndMap;
   out << YAML::Key << "speech" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "enabled" << YAML::Value << c.speech.enabled;

@@ -39,16 +39,17 @@ struct LoggingConfig {
 
 struct VisionConfig {
   bool enabled = true;
-  std::string model_path;     // GGUF file or a directory holding model + mmproj
-  std::string mmproj_path;    // explicit projector file (optional)
-  std::string model_name;     // the id clients send; default: file stem
-  bool load_8bit = false;     // LOAD_8BIT
-  std::string dtype = "auto"; // auto float16 bfloat16 float32
-  int max_model_len = 4096;   // context size in tokens
-  int parallel = 4;           // sequences decoded together
-  int max_queue = 64;         // waiting requests before 429
-  int gpu_count = 0;          // 0: all visible GPUs when built with CUDA
-  int threads = 0;            // 0: all cores
+  std::string model_path;                    // GGUF file or a directory holding model + mmproj
+  std::string mmproj_path;                   // explicit projector file (optional)
+  std::string model_name;                    // the id clients send; default: file stem
+  bool load_8bit = false;                    // LOAD_8BIT
+  std::string dtype = "auto";                // auto float16 bfloat16 float32
+  int max_model_len = 4096;                  // context size in tokens
+  int parallel = 4;                          // sequences decoded together
+  int max_queue = 64;                        // waiting requests before 429
+  int gpu_count = 0;                         // 0: all visible GPUs when built with CUDA
+  int threads = 0;                           // 0: all cores
+  uint64_t image_cache_bytes = 256ull << 20; // vision-encoder outputs kept by image hash
 };
 
 struct SpeechConfig {

@@ -320,6 +320,11 @@ TEST_F(VisionImages, ImageTokensReachTheModelAndSteerIt) {
   EXPECT_EQ(with_image["choices"][0]["message"]["content"], again["choices"][0]["message"]["content"]);
   const std::string metrics = request(port(), "GET", "/metrics").body;
   EXPECT_NE(metrics.find(R"(image_size_bytes_count{service="vision"} 2)"), std::string::npos) << metrics;
+  // The same image twice: the vision encoder ran once, the cache served the second.
+  EXPECT_NE(
+      metrics.find(R"(model_inference_seconds_count{service="vision",model="stories260K",phase="image_encode"} 1)"),
+      std::string::npos)
+      << metrics;
 }
 
 TEST_F(VisionImages, BadImagesAreClear4xx) {
@@ -367,4 +372,7 @@ TEST_F(VisionImages, SameAnswerAsLlamaMtmdCli) {
   const json ours = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
   ASSERT_FALSE(theirs.empty());
   EXPECT_EQ(ours["choices"][0]["message"]["content"].get<std::string>(), theirs);
+  // Again, now with the encoder output from the cache: still the same answer.
+  const json cached = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
+  EXPECT_EQ(cached["choices"][0]["message"]["content"].get<std::string>(), theirs);
 }

@@ -5,6 +5,7 @@
 
 #include "chat.h"
 #include "common.h"
+#include "hash/hash.h"
 #include "json-schema-to-grammar.h"
 #include "llama.h"
 #include "mtmd-helper.h"
@@ -175,6 +176,7 @@ VlmEngine::VlmEngine(EngineOptions options, ServerMetrics& metrics, std::functio
     }
   }
   templates_ = common_chat_templates_init(model_, "").release();
+  image_cache_ = std::make_unique<EmbeddingCache>(options_.image_cache_bytes);
   progress(1.0f);
 
   for (int i = 0; i < options_.parallel; ++i) {
@@ -254,6 +256,8 @@ VlmEngine::Submission VlmEngine::submit(const api::ChatRequest& request, boost::
       const auto started = Clock::now();
       const auto image = media::decode_image(*bytes, options_.image_formats, options_.max_image_pixels, param);
       mtmd_bitmap* bitmap = mtmd_bitmap_init(image.width, image.height, image.pixels.data());
+      // The content hash names the image for the encoder-output cache.
+      mtmd_bitmap_set_id(bitmap, hash_sha256_hex(bytes->data(), bytes->size()).c_str());
       metrics_.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes->size()));
       metrics_.image_processing_seconds.labels({"vision", "decode"})
           .observe(std::chrono::duration<double>(Clock::now() - started).count());
@@ -361,8 +365,7 @@ bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
           fmt::format("The prompt is {} tokens; the context holds {}.", slot.n_prompt, options_.context_per_slot));
       return false;
     }
-    if (mtmd_helper_eval_chunks(vision_, context_, chunks.get(), 0, slot.seq, options_.batch_size, true, &n_past) !=
-        0) {
+    if (!eval_prompt_chunks(chunks.get(), slot.seq, n_past)) {
       fail_slot(slot, 500, "Evaluating the prompt failed.");
       return false;
     }
@@ -400,6 +403,40 @@ bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
   metrics_.time_to_first_token_seconds.labels({"vision", options_.model_id})
       .observe(std::chrono::duration<double>(Clock::now() - job->queued_at).count());
   emit_token(slot, token);
+  return true;
+}
+
+bool VlmEngine::eval_prompt_chunks(const mtmd_input_chunks* chunks, int seq, llama_pos& n_past) {
+  const size_t count = mtmd_input_chunks_size(chunks);
+  for (size_t i = 0; i < count; ++i) {
+    const mtmd_input_chunk* chunk = mtmd_input_chunks_get(chunks, i);
+    const bool last = i + 1 == count;
+    llama_pos new_n_past = n_past;
+    int rc = 0;
+    if (mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_IMAGE && !last) {
+      const char* id = mtmd_input_chunk_get_id(chunk);
+      const std::string key = id ? id : "";
+      EmbeddingCache::Embedding embedding = image_cache_->find(key);
+      if (!embedding) {
+        const auto started = Clock::now();
+        if (mtmd_encode_chunk(vision_, chunk) != 0) return false;
+        const size_t n_floats =
+            mtmd_input_chunk_get_n_tokens(chunk) * static_cast<size_t>(llama_model_n_embd_inp(model_));
+        const float* output = mtmd_get_output_embd(vision_);
+        embedding = std::make_shared<const std::vector<float>>(output, output + n_floats);
+        image_cache_->insert(key, embedding);
+        metrics_.model_inference_seconds.labels({"vision", options_.model_id, "image_encode"})
+            .observe(std::chrono::duration<double>(Clock::now() - started).count());
+      }
+      // decode_image_chunk only reads the embeddings; the cache's copy stays intact.
+      rc = mtmd_helper_decode_image_chunk(vision_, context_, chunk, const_cast<float*>(embedding->data()), n_past, seq,
+                                          options_.batch_size, &new_n_past, nullptr, nullptr);
+    } else {
+      rc = mtmd_helper_eval_chunk_single(vision_, context_, chunk, n_past, seq, options_.batch_size, last, &new_n_past);
+    }
+    if (rc != 0) return false;
+    n_past = new_n_past;
+  }
   return true;
 }
 

@@ -7,6 +7,7 @@
 #include "api/chat_request.hpp"
 #include "core/async_channel.hpp"
 #include "core/server_metrics.hpp"
+#include "engines/vlm/embedding_cache.hpp"
 
 #include <atomic>
 #include <condition_variable>
@@ -22,6 +23,7 @@
 struct llama_model;
 struct llama_context;
 struct mtmd_context;
+struct mtmd_input_chunks;
 struct common_chat_templates;
 
 namespace mmserve::vlm {
@@ -36,7 +38,8 @@ struct EngineOptions {
   int threads = 0;                                                         // 0: all cores
   int batch_size = 512;                                                    // prompt tokens per decode call
   std::vector<std::string> image_formats = {"jpeg", "png", "webp", "gif"}; // media.supported_formats
-  uint64_t max_image_pixels = 8192ull * 8192ull;                           // checked from the header, before decoding
+  uint64_t image_cache_bytes = 256ull << 20;
+  uint64_t max_image_pixels = 8192ull * 8192ull; // checked from the header, before decoding
 };
 
 // What the engine reports back for one request, in order.
@@ -93,6 +96,8 @@ private:
   void scheduler_loop();
   bool start_slot(Slot& slot, const std::shared_ptr<Job>& job);
   void decode_step();
+  // Prompt text and images into the slot's sequence; encoder outputs come from the cache when the image was seen.
+  bool eval_prompt_chunks(const mtmd_input_chunks* chunks, int seq, int& n_past);
   void emit_token(Slot& slot, int token);
   void finish_slot(Slot& slot, const std::string& reason);
   void fail_slot(Slot& slot, int status, const std::string& message);
@@ -111,7 +116,8 @@ private:
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::atomic<int> busy_slots_{0}; // read by submit() on HTTP threads
+  std::unique_ptr<EmbeddingCache> image_cache_; // scheduler thread only
+  std::atomic<int> busy_slots_{0};              // read by submit() on HTTP threads
   std::thread scheduler_;
 };
 
