@@ -19,6 +19,7 @@ struct ServerMetrics {
   metrics::HistogramFamily& model_inference_seconds;  // service, model, phase
   metrics::CounterFamily& tokens_generated_total;     // service, model
   metrics::CounterFamily& images_generated_total;     // model
+  metrics::CounterFamily& prompt_tokens_cached_total; // service, model
 
   // HTTP.
   metrics::CounterFamily& http_requests_total;             // method, route, code

@@ -320,6 +320,12 @@ TEST_F(VisionImages, ImageTokensReachTheModelAndSteerIt) {
   EXPECT_EQ(with_image["choices"][0]["message"]["content"], again["choices"][0]["message"]["content"]);
   const std::string metrics = request(port(), "GET", "/metrics").body;
   EXPECT_NE(metrics.find(R"(image_size_bytes_count{service="vision"} 2)"), std::string::npos) << metrics;
+  // The same image and prompt again: the slot's KV cache held them, so most
+  // positions were not evaluated again.
+  const std::string cached_key = R"(prompt_tokens_cached_total{service="vision",model="stories260K"} )";
+  const auto cached_at = metrics.find(cached_key);
+  ASSERT_NE(cached_at, std::string::npos) << metrics;
+  EXPECT_GE(std::stod(metrics.substr(cached_at + cached_key.size())), 256.0) << metrics;
   // The same image twice: the vision encoder ran once, the cache served the second.
   EXPECT_NE(
       metrics.find(R"(model_inference_seconds_count{service="vision",model="stories260K",phase="image_encode"} 1)"),

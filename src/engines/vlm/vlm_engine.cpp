@@ -113,8 +113,23 @@ struct Job {
   Clock::time_point queued_at = Clock::now();
 };
 
+// One position-bearing unit of a prompt, as a slot's KV cache holds it.
+struct PromptPiece {
+  llama_token token = -1; // a text token, or -1 for an image
+  std::string image_id;   // the image's content hash
+  llama_pos n_pos = 1;
+  bool operator==(const PromptPiece&) const = default;
+};
+
 struct VlmEngine::Slot {
   int seq = 0;
+  // What the KV cache of this sequence holds from the last request (its
+  // prompt and the tokens decoded after it), so a request that starts the
+  // same way (the same image, a longer conversation) evaluates only the rest.
+  std::vector<PromptPiece> cached;
+  std::string cached_prompt;
+  std::vector<PromptPiece> prompt_pieces;
+  std::vector<llama_token> decoded;
   std::shared_ptr<Job> job;
   common_sampler* sampler = nullptr;
   int n_past = 0;
@@ -287,7 +302,6 @@ void VlmEngine::cancel(const std::shared_ptr<Job>& job) {
 
 void VlmEngine::scheduler_loop() {
   for (;;) {
-    std::vector<std::shared_ptr<Job>> admitted;
     {
       std::unique_lock lock(mutex_);
       const auto has_active = [&] {
@@ -295,16 +309,34 @@ void VlmEngine::scheduler_loop() {
       };
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || has_active(); });
       if (stopping_) break;
-      // Admit waiting requests into free slots between decode steps.
-      for (auto& slot : slots_) {
-        if (slot->job || queue_.empty()) continue;
+      // Admit waiting requests into free slots between decode steps, each
+      // into the free slot whose cached prompt shares the most with its own.
+      while (!queue_.empty()) {
         auto job = queue_.front();
+        if (job->cancelled) {
+          queue_.pop_front();
+          continue;
+        }
+        Slot* best = nullptr;
+        size_t best_shared = 0;
+        for (auto& slot : slots_) {
+          if (slot->job) continue;
+          const auto& cached = slot->cached_prompt;
+          const size_t shared = static_cast<size_t>(
+              std::mismatch(cached.begin(), cached.begin() + std::min(cached.size(), job->prompt.size()),
+                            job->prompt.begin())
+                  .first -
+              cached.begin());
+          if (!best || shared > best_shared) {
+            best = slot.get();
+            best_shared = shared;
+          }
+        }
+        if (!best) break;
         queue_.pop_front();
-        if (job->cancelled) continue;
-        slot->job = job; // reserved; started below, outside the lock
+        best->job = job; // reserved; started below, outside the lock
         ++busy_slots_;
         metrics_.slots_busy.labels({"vision"}).set(busy_slots_.load());
-        admitted.push_back(job);
       }
       metrics_.queue_depth.labels({"vision"}).set(static_cast<double>(queue_.size()));
     }
@@ -345,11 +377,11 @@ bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
     fail_slot(slot, 400, "The sampling parameters could not be set up.");
     return false;
   }
-  llama_memory_seq_rm(llama_get_memory(context_), slot.seq, -1, -1);
-
-  llama_pos n_past = 0;
+  std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks;
+  std::vector<llama_token> tokens; // the text-only path
+  std::vector<PromptPiece> pieces;
   if (vision_) {
-    std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks(mtmd_input_chunks_init());
+    chunks.reset(mtmd_input_chunks_init());
     mtmd_input_text text{job->prompt.c_str(), job->prompt.size(), true, true};
     std::vector<const mtmd_bitmap*> bitmaps;
     for (const auto& image : job->images)
@@ -358,42 +390,79 @@ bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
       fail_slot(slot, 400, "The prompt and its images could not be tokenized.");
       return false;
     }
-    slot.n_prompt = static_cast<int>(mtmd_helper_get_n_tokens(chunks.get()));
-    if (slot.n_prompt >= options_.context_per_slot) {
-      fail_slot(
-          slot, 400,
-          fmt::format("The prompt is {} tokens; the context holds {}.", slot.n_prompt, options_.context_per_slot));
-      return false;
+    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); ++i) {
+      const mtmd_input_chunk* chunk = mtmd_input_chunks_get(chunks.get(), i);
+      if (mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
+        size_t n = 0;
+        const llama_token* text_tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
+        for (size_t t = 0; t < n; ++t)
+          pieces.push_back({text_tokens[t], {}, 1});
+      } else {
+        const char* id = mtmd_input_chunk_get_id(chunk);
+        pieces.push_back({-1, id ? id : "", mtmd_input_chunk_get_n_pos(chunk)});
+      }
     }
-    if (!eval_prompt_chunks(chunks.get(), slot.seq, n_past)) {
-      fail_slot(slot, 500, "Evaluating the prompt failed.");
-      return false;
+    slot.n_prompt = static_cast<int>(mtmd_helper_get_n_tokens(chunks.get()));
+  } else {
+    tokens = common_tokenize(context_, job->prompt, true, true);
+    for (const llama_token token : tokens)
+      pieces.push_back({token, {}, 1});
+    slot.n_prompt = static_cast<int>(tokens.size());
+  }
+  if (pieces.empty() || slot.n_prompt >= options_.context_per_slot) {
+    fail_slot(slot, 400,
+              fmt::format("The prompt is {} tokens; the context holds {}.", slot.n_prompt, options_.context_per_slot));
+    return false;
+  }
+
+  // Reuse the longest prefix the slot's KV cache already holds; at least one
+  // piece is evaluated, for the logits of the first answer token.
+  size_t common = 0;
+  while (common < slot.cached.size() && common < pieces.size() && slot.cached[common] == pieces[common])
+    ++common;
+  if (common == pieces.size()) --common;
+  llama_pos n_past = 0;
+  for (size_t i = 0; i < common; ++i)
+    n_past += pieces[i].n_pos;
+  if (!llama_memory_seq_rm(llama_get_memory(context_), slot.seq, n_past, -1)) {
+    llama_memory_seq_rm(llama_get_memory(context_), slot.seq, -1, -1); // this model cannot cut: start over
+    common = 0;
+    n_past = 0;
+  }
+  slot.cached.clear();
+  slot.cached_prompt.clear();
+  metrics_.prompt_tokens_cached_total.labels({"vision", options_.model_id}).inc(static_cast<double>(n_past));
+
+  bool evaluated = true;
+  if (vision_) {
+    size_t first_piece = 0;
+    const size_t count = mtmd_input_chunks_size(chunks.get());
+    for (size_t i = 0; i < count && evaluated; ++i) {
+      const mtmd_input_chunk* chunk = mtmd_input_chunks_get(chunks.get(), i);
+      const bool is_text = mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT;
+      size_t n_text = 0;
+      const llama_token* text_tokens = is_text ? mtmd_input_chunk_get_tokens_text(chunk, &n_text) : nullptr;
+      const size_t chunk_pieces = is_text ? n_text : 1;
+      const size_t chunk_begin = first_piece;
+      first_piece += chunk_pieces;
+      if (first_piece <= common) continue; // wholly in the cache
+      if (is_text) {
+        const size_t skip = common > chunk_begin ? common - chunk_begin : 0;
+        evaluated = decode_tokens(text_tokens + skip, n_text - skip, slot.seq, n_past, i + 1 == count);
+      } else {
+        evaluated = eval_image_chunk(chunk, slot.seq, n_past, i + 1 == count);
+      }
     }
   } else {
-    const auto tokens = common_tokenize(context_, job->prompt, true, true);
-    slot.n_prompt = static_cast<int>(tokens.size());
-    if (tokens.empty() || slot.n_prompt >= options_.context_per_slot) {
-      fail_slot(
-          slot, 400,
-          fmt::format("The prompt is {} tokens; the context holds {}.", slot.n_prompt, options_.context_per_slot));
-      return false;
-    }
-    llama_batch batch = llama_batch_init(options_.batch_size, 0, 1);
-    for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(options_.batch_size)) {
-      const size_t end = std::min(tokens.size(), begin + static_cast<size_t>(options_.batch_size));
-      common_batch_clear(batch);
-      for (size_t i = begin; i < end; ++i) {
-        common_batch_add(batch, tokens[i], static_cast<llama_pos>(i), {slot.seq}, i + 1 == tokens.size());
-      }
-      if (llama_decode(context_, batch) != 0) {
-        llama_batch_free(batch);
-        fail_slot(slot, 500, "Evaluating the prompt failed.");
-        return false;
-      }
-    }
-    llama_batch_free(batch);
-    n_past = static_cast<llama_pos>(tokens.size());
+    evaluated = decode_tokens(tokens.data() + common, tokens.size() - common, slot.seq, n_past, true);
   }
+  if (!evaluated) {
+    fail_slot(slot, 500, "Evaluating the prompt failed.");
+    return false;
+  }
+  slot.prompt_pieces = std::move(pieces);
+  slot.decoded.clear();
+  slot.cached_prompt = job->prompt;
   slot.n_past = n_past;
   metrics_.model_inference_seconds.labels({"vision", options_.model_id, "prefill"})
       .observe(std::chrono::duration<double>(Clock::now() - started).count());
@@ -406,37 +475,47 @@ bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
   return true;
 }
 
-bool VlmEngine::eval_prompt_chunks(const mtmd_input_chunks* chunks, int seq, llama_pos& n_past) {
-  const size_t count = mtmd_input_chunks_size(chunks);
-  for (size_t i = 0; i < count; ++i) {
-    const mtmd_input_chunk* chunk = mtmd_input_chunks_get(chunks, i);
-    const bool last = i + 1 == count;
-    llama_pos new_n_past = n_past;
-    int rc = 0;
-    if (mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_IMAGE && !last) {
-      const char* id = mtmd_input_chunk_get_id(chunk);
-      const std::string key = id ? id : "";
-      EmbeddingCache::Embedding embedding = image_cache_->find(key);
-      if (!embedding) {
-        const auto started = Clock::now();
-        if (mtmd_encode_chunk(vision_, chunk) != 0) return false;
-        const size_t n_floats =
-            mtmd_input_chunk_get_n_tokens(chunk) * static_cast<size_t>(llama_model_n_embd_inp(model_));
-        const float* output = mtmd_get_output_embd(vision_);
-        embedding = std::make_shared<const std::vector<float>>(output, output + n_floats);
-        image_cache_->insert(key, embedding);
-        metrics_.model_inference_seconds.labels({"vision", options_.model_id, "image_encode"})
-            .observe(std::chrono::duration<double>(Clock::now() - started).count());
-      }
-      // decode_image_chunk only reads the embeddings; the cache's copy stays intact.
-      rc = mtmd_helper_decode_image_chunk(vision_, context_, chunk, const_cast<float*>(embedding->data()), n_past, seq,
-                                          options_.batch_size, &new_n_past, nullptr, nullptr);
-    } else {
-      rc = mtmd_helper_eval_chunk_single(vision_, context_, chunk, n_past, seq, options_.batch_size, last, &new_n_past);
-    }
-    if (rc != 0) return false;
-    n_past = new_n_past;
+bool VlmEngine::decode_tokens(const llama_token* tokens, size_t count, int seq, llama_pos& n_past, bool logits_last) {
+  llama_batch batch = llama_batch_init(options_.batch_size, 0, 1);
+  bool ok = true;
+  for (size_t begin = 0; begin < count && ok; begin += static_cast<size_t>(options_.batch_size)) {
+    const size_t end = std::min(count, begin + static_cast<size_t>(options_.batch_size));
+    common_batch_clear(batch);
+    for (size_t i = begin; i < end; ++i)
+      common_batch_add(batch, tokens[i], n_past + static_cast<llama_pos>(i), {seq}, logits_last && i + 1 == count);
+    ok = llama_decode(context_, batch) == 0;
   }
+  llama_batch_free(batch);
+  if (ok) n_past += static_cast<llama_pos>(count);
+  return ok;
+}
+
+bool VlmEngine::eval_image_chunk(const mtmd_input_chunk* chunk, int seq, llama_pos& n_past, bool last) {
+  llama_pos new_n_past = n_past;
+  if (last) { // the helper sets up the logits a prompt's last chunk needs
+    if (mtmd_helper_eval_chunk_single(vision_, context_, chunk, n_past, seq, options_.batch_size, true, &new_n_past))
+      return false;
+    n_past = new_n_past;
+    return true;
+  }
+  const char* id = mtmd_input_chunk_get_id(chunk);
+  const std::string key = id ? id : "";
+  EmbeddingCache::Embedding embedding = image_cache_->find(key);
+  if (!embedding) {
+    const auto started = Clock::now();
+    if (mtmd_encode_chunk(vision_, chunk) != 0) return false;
+    const size_t n_floats = mtmd_input_chunk_get_n_tokens(chunk) * static_cast<size_t>(llama_model_n_embd_inp(model_));
+    const float* output = mtmd_get_output_embd(vision_);
+    embedding = std::make_shared<const std::vector<float>>(output, output + n_floats);
+    image_cache_->insert(key, embedding);
+    metrics_.model_inference_seconds.labels({"vision", options_.model_id, "image_encode"})
+        .observe(std::chrono::duration<double>(Clock::now() - started).count());
+  }
+  // decode_image_chunk only reads the embeddings; the cache's copy stays intact.
+  if (mtmd_helper_decode_image_chunk(vision_, context_, chunk, const_cast<float*>(embedding->data()), n_past, seq,
+                                     options_.batch_size, &new_n_past, nullptr, nullptr) != 0)
+    return false;
+  n_past = new_n_past;
   return true;
 }
 
@@ -467,6 +546,7 @@ void VlmEngine::decode_step() {
   metrics_.model_inference_seconds.labels({"vision", options_.model_id, "decode"})
       .observe(std::chrono::duration<double>(Clock::now() - started).count());
   for (Slot* slot : active) {
+    slot->decoded.push_back(slot->next_token);
     slot->n_past += 1;
     const llama_token token = common_sampler_sample(slot->sampler, context_, slot->batch_index);
     common_sampler_accept(slot->sampler, token, true);
@@ -530,7 +610,7 @@ void VlmEngine::finish_slot(Slot& slot, const std::string& reason) {
   done.finish_reason = reason;
   done.prompt_tokens = slot.n_prompt;
   done.completion_tokens = slot.n_generated;
-  release_slot(slot);
+  release_slot(slot, true);
   if (!rest.empty()) job->events->push(GenerationEvent::delta(std::move(rest)));
   job->events->push(std::move(done));
 }
@@ -541,10 +621,20 @@ void VlmEngine::fail_slot(Slot& slot, int status, const std::string& message) {
   job->events->push(GenerationEvent::failure(status, message));
 }
 
-void VlmEngine::release_slot(Slot& slot) {
+void VlmEngine::release_slot(Slot& slot, bool keep_cache) {
   if (slot.sampler) common_sampler_free(slot.sampler);
   slot.sampler = nullptr;
-  llama_memory_seq_rm(llama_get_memory(context_), slot.seq, -1, -1);
+  if (keep_cache) {
+    slot.cached = std::move(slot.prompt_pieces);
+    for (const llama_token token : slot.decoded)
+      slot.cached.push_back({token, {}, 1});
+  } else {
+    llama_memory_seq_rm(llama_get_memory(context_), slot.seq, -1, -1);
+    slot.cached.clear();
+    slot.cached_prompt.clear();
+  }
+  slot.prompt_pieces.clear();
+  slot.decoded.clear();
   slot.job.reset();
   --busy_slots_;
   metrics_.slots_busy.labels({"vision"}).set(busy_slots_.load());

@@ -24,6 +24,7 @@ struct llama_model;
 struct llama_context;
 struct mtmd_context;
 struct mtmd_input_chunks;
+struct mtmd_input_chunk;
 struct common_chat_templates;
 
 namespace mmserve::vlm {
@@ -96,12 +97,15 @@ private:
   void scheduler_loop();
   bool start_slot(Slot& slot, const std::shared_ptr<Job>& job);
   void decode_step();
-  // Prompt text and images into the slot's sequence; encoder outputs come from the cache when the image was seen.
-  bool eval_prompt_chunks(const mtmd_input_chunks* chunks, int seq, int& n_past);
+  // Prompt tokens into a sequence from n_past on (advanced on success).
+  bool decode_tokens(const int* tokens, size_t count, int seq, int& n_past, bool logits_last);
+  // An image into a sequence; the encoder output comes from the cache when the image was seen.
+  bool eval_image_chunk(const mtmd_input_chunk* chunk, int seq, int& n_past, bool last);
   void emit_token(Slot& slot, int token);
   void finish_slot(Slot& slot, const std::string& reason);
   void fail_slot(Slot& slot, int status, const std::string& message);
-  void release_slot(Slot& slot);
+  // keep_cache: the sequence's KV stays for a next request with the same start.
+  void release_slot(Slot& slot, bool keep_cache = false);
   std::string render_prompt(const api::ChatRequest& request) const;
 
   EngineOptions options_;
