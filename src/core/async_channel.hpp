@@ -18,8 +18,8 @@ namespace mmserve {
 
 template <typename T> class AsyncChannel : public std::enable_shared_from_this<AsyncChannel<T>> {
 public:
-  explicit AsyncChannel(boost::asio::any_io_executor executor)
-      : timer_(std::move(executor), std::chrono::steady_clock::time_point::max()) {}
+  explicit AsyncChannel(const boost::asio::any_io_executor& executor)
+      : timer_(executor, std::chrono::steady_clock::time_point::max()) {}
 
   // Any thread.
   void push(T item) {

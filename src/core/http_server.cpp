@@ -61,7 +61,7 @@ net::awaitable<void> write_error_and_close(beast::tcp_stream& stream, const ApiE
 net::awaitable<void> lingering_close(beast::tcp_stream& stream) {
   boost::system::error_code ec;
   stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-  std::array<char, 16 * 1024> discard{};
+  std::array<char, size_t{16} * 1024> discard{};
   size_t total = 0;
   stream.expires_after(std::chrono::seconds(2));
   while (total < (4u << 20)) {
