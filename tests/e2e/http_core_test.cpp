@@ -229,6 +229,13 @@ TEST_F(HttpCore, IdleKeepAliveConnectionsAreClosed) {
 }
 
 TEST_F(HttpCore, ConnectionLimitAnswers503) {
+  // Connections the start-up probes closed are counted until the server has
+  // seen them close: wait until only the scrape's own connection is open.
+  for (int i = 0; i < 200; ++i) {
+    if (request(port(), "GET", "/metrics").body.find("\nhttp_connections_open 1\n") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50)); // and the scrape's own close
   std::vector<std::unique_ptr<Connection>> held;
   for (int i = 0; i < 4; ++i) {
     held.push_back(std::make_unique<Connection>(port()));
