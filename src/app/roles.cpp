@@ -177,6 +177,9 @@ int run_role(Role role, const Config& config) {
   signals.async_wait(on_signal);
 
   server.run();
+  // Engines stop while the server's io_context still exists (stopped): their
+  // last events for requests cut off by the grace period are posted to it.
+  vision_service.reset();
   spdlog::info("mmserve stopped");
   return 0;
 }

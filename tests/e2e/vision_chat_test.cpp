@@ -390,3 +390,19 @@ TEST_F(VisionImages, SameAnswerAsLlamaMtmdCli) {
   const json cached = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
   EXPECT_EQ(cached["choices"][0]["message"]["content"].get<std::string>(), theirs);
 }
+
+TEST(VisionChatLimits, ShutdownCutsAGenerationPastTheGracePeriodCleanly) {
+  REQUIRE_MODEL(stories_model());
+  ServerProcess server(vision_config(1, 4) + "server: {shutdown_grace_period: 1ms}\n", "vision");
+  wait_until_loaded(server.port());
+  Connection streaming(server.port());
+  const std::string body = chat_body("Once upon a time", 950, {{"stream", true}}).dump();
+  streaming.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
+                     "\r\n\r\n" + body);
+  char first[16];
+  ASSERT_GT(::recv(streaming.socket().native_handle(), first, sizeof first, 0), 0);
+  server.signal(SIGTERM);
+  const auto code = server.wait_exit(std::chrono::seconds(10));
+  ASSERT_TRUE(code.has_value()) << server.log();
+  EXPECT_EQ(*code, 0) << server.log(); // no crash while the engine stops with a request in flight
+}
