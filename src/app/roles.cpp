@@ -8,6 +8,7 @@
 #include "core/logging.hpp"
 #include "core/model_board.hpp"
 #include "core/version.hpp"
+#include "engines/vlm/quantize.hpp"
 
 #include <boost/asio/signal_set.hpp>
 #include <csignal>
@@ -52,6 +53,8 @@ public:
     options.threads = config.vision.threads;
     options.image_formats = config.media.supported_formats;
     options.image_cache_bytes = config.vision.image_cache_bytes;
+    load_8bit_ = config.vision.load_8bit;
+    cache_dir_ = config.models_dir + "/cache";
     loader_ = std::thread([this, options, &metrics] { load(options, metrics); });
   }
   ~VisionService() {
@@ -66,7 +69,7 @@ public:
   }
 
 private:
-  void load(const vlm::EngineOptions& options, ServerMetrics& metrics) {
+  void load(vlm::EngineOptions options, ServerMetrics& metrics) {
     ModelStatus status = status_;
     status.state = ModelState::loading;
     status.detail.clear();
@@ -76,6 +79,7 @@ private:
     int last_percent = -1;
     const auto started = std::chrono::steady_clock::now();
     try {
+      if (load_8bit_) options.model_path = vlm::ensure_q8_0(options.model_path, cache_dir_);
       auto engine = std::make_shared<vlm::VlmEngine>(options, metrics, [&](float progress) {
         const int percent = static_cast<int>(progress * 100);
         if (percent / 10 == last_percent / 10 && percent != 100) return;
@@ -105,6 +109,8 @@ private:
 
   ModelBoard& board_;
   ModelStatus status_;
+  bool load_8bit_ = false;
+  std::string cache_dir_;
   std::mutex mutex_;
   std::shared_ptr<vlm::VlmEngine> engine_;
   std::thread loader_;

@@ -366,9 +366,9 @@ TEST_F(VisionImages, SameAnswerAsLlamaMtmdCli) {
   // llama.cpp's own multimodal CLI, same model, projector, image and prompt,
   // greedy. stories260K has no chat template; both sides use ChatML.
   const std::string dir = make_temp_dir("mtmd-cli");
-  const std::string command = std::string(LLAMA_MTMD_CLI) + " -m " + stories_model() + " --mmproj " + TINY_MMPROJ +
-                              " --image " + photo_path() + " -p 'Once upon a time' --temp 0 -n 32 --chat-template chatml" +
-                              " > " + dir + "/out.txt 2> " + dir + "/err.txt";
+  const std::string command =
+      std::string(LLAMA_MTMD_CLI) + " -m " + stories_model() + " --mmproj " + TINY_MMPROJ + " --image " + photo_path() +
+      " -p 'Once upon a time' --temp 0 -n 32 --chat-template chatml" + " > " + dir + "/out.txt 2> " + dir + "/err.txt";
   const json ours = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
   const std::string expected = ours["choices"][0]["message"]["content"];
   ASSERT_FALSE(expected.empty());
@@ -379,7 +379,8 @@ TEST_F(VisionImages, SameAnswerAsLlamaMtmdCli) {
   for (int attempt = 0; attempt < 4; ++attempt) {
     ASSERT_EQ(std::system(command.c_str()), 0) << read_file(dir + "/err.txt");
     theirs = read_file(dir + "/out.txt");
-    while (!theirs.empty() && theirs.back() == '\n') theirs.pop_back();
+    while (!theirs.empty() && theirs.back() == '\n')
+      theirs.pop_back();
     // The CLI prints a newline of its own before the answer.
     if (!theirs.empty() && theirs.front() == '\n') theirs.erase(0, 1);
     if (!(theirs.size() < expected.size() && expected.compare(0, theirs.size(), theirs) == 0)) break;
@@ -405,4 +406,25 @@ TEST(VisionChatLimits, ShutdownCutsAGenerationPastTheGracePeriodCleanly) {
   const auto code = server.wait_exit(std::chrono::seconds(10));
   ASSERT_TRUE(code.has_value()) << server.log();
   EXPECT_EQ(*code, 0) << server.log(); // no crash while the engine stops with a request in flight
+}
+
+TEST(VisionLoad8Bit, QuantizesOnceIntoTheModelCacheAndReusesIt) {
+  REQUIRE_MODEL(stories_model());
+  const std::string models = make_temp_dir("mmserve-models");
+  const std::map<std::string, std::string> env = {
+      {"MODEL_PATH", stories_model()}, {"LOAD_8BIT", "true"}, {"MMSERVE_MODELS", models}};
+  const std::string q8 = models + "/cache/stories260K.q8_0.gguf";
+  {
+    ServerProcess server("vision: {parallel: 1, max_model_len: 512}\n", "vision", env);
+    wait_until_loaded(server.port());
+    EXPECT_TRUE(std::filesystem::exists(q8)) << server.log();
+    EXPECT_LT(std::filesystem::file_size(q8), std::filesystem::file_size(stories_model()) / 2);
+    EXPECT_NE(server.log().find("quantizing to Q8_0:"), std::string::npos) << server.log(); // progress lines
+    EXPECT_EQ(post_json(server.port(), chat_body("Once upon a time", 8))["usage"]["completion_tokens"], 8);
+  }
+  ServerProcess again("vision: {parallel: 1, max_model_len: 512}\n", "vision", env);
+  wait_until_loaded(again.port());
+  EXPECT_NE(again.log().find("using the Q8_0 copy in the model cache"), std::string::npos) << again.log();
+  EXPECT_EQ(again.log().find("quantizing '"), std::string::npos) << again.log();
+  std::filesystem::remove_all(models);
 }

@@ -85,24 +85,28 @@ size_t incomplete_utf8_tail(const std::string& text) {
   return 0;
 }
 
-void ensure_backend() {
+} // namespace
+
+void use_engine_logging() {
+  // llama.cpp and libmtmd speak through spdlog, warnings and errors only.
+  const auto forward = [](ggml_log_level level, const char* text, void*) {
+    if (level != GGML_LOG_LEVEL_WARN && level != GGML_LOG_LEVEL_ERROR) return;
+    std::string line(text);
+    while (!line.empty() && line.back() == '\n')
+      line.pop_back();
+    if (!line.empty()) spdlog::warn("llama.cpp: {}", line);
+  };
+  llama_log_set(forward, nullptr);
+  mtmd_helper_log_set(forward, nullptr);
+}
+
+void init_engine_backend() {
   static std::once_flag once;
   std::call_once(once, [] {
     llama_backend_init();
-    // llama.cpp and libmtmd speak through spdlog, warnings and errors only.
-    const auto forward = [](ggml_log_level level, const char* text, void*) {
-      if (level != GGML_LOG_LEVEL_WARN && level != GGML_LOG_LEVEL_ERROR) return;
-      std::string line(text);
-      while (!line.empty() && line.back() == '\n')
-        line.pop_back();
-      if (!line.empty()) spdlog::warn("llama.cpp: {}", line);
-    };
-    llama_log_set(forward, nullptr);
-    mtmd_helper_log_set(forward, nullptr);
+    use_engine_logging();
   });
 }
-
-} // namespace
 
 struct Job {
   api::ChatRequest request;
@@ -144,7 +148,7 @@ struct VlmEngine::Slot {
 
 VlmEngine::VlmEngine(EngineOptions options, ServerMetrics& metrics, std::function<void(float)> progress)
     : options_(std::move(options)), metrics_(metrics) {
-  ensure_backend();
+  init_engine_backend();
   auto model_params = llama_model_default_params();
   model_params.progress_callback = [](float value, void* user) {
     (*static_cast<std::function<void(float)>*>(user))(value);

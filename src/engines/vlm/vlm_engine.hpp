@@ -69,6 +69,11 @@ struct GenerationEvent {
 
 struct Job;
 
+// Once per process: ggml/llama backends up, their logs routed to spdlog.
+void init_engine_backend();
+// Routes llama.cpp's and libmtmd's logs to spdlog again (after a temporary logger).
+void use_engine_logging();
+
 class VlmEngine {
 public:
   // Loads the model (blocking; `progress` receives 0..1). Throws
