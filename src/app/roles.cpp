@@ -53,6 +53,12 @@ public:
     options.threads = config.vision.threads;
     options.image_formats = config.media.supported_formats;
     options.image_cache_bytes = config.vision.image_cache_bytes;
+    if (config.vision.dtype != "auto") {
+      // vLLM converts weights at load; a GGUF file already fixes their type.
+      spdlog::info("vision.dtype {}: GGUF weights load in the type stored in the file; for 8-bit weights use "
+                   "LOAD_8BIT, for another type a file of that type",
+                   config.vision.dtype);
+    }
     load_8bit_ = config.vision.load_8bit;
     cache_dir_ = config.models_dir + "/cache";
     loader_ = std::thread([this, options, &metrics] { load(options, metrics); });
