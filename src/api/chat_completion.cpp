@@ -29,6 +29,17 @@ struct CancelOnExit {
   }
 };
 
+// The engine's next events, or 504 once the request's deadline has passed
+// (the job is cancelled on the way out).
+http::net::awaitable<std::vector<vlm::GenerationEvent>> next_events(const vlm::VlmEngine::Submission& submission,
+                                                                    const http::HttpExchange& exchange) {
+  auto events = co_await submission.events->next_batch(exchange.deadline());
+  if (events.empty()) {
+    throw ApiError::timeout("The request took longer than server.request_timeout; the generation was stopped.");
+  }
+  co_return events;
+}
+
 } // namespace
 
 http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const ChatRequest& request,
@@ -42,7 +53,7 @@ http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const Cha
   if (!request.stream) {
     std::string content;
     for (;;) {
-      for (auto& event : co_await submission.events->next_batch()) {
+      for (auto& event : co_await next_events(submission, exchange)) {
         if (event.kind == vlm::GenerationEvent::Kind::delta) {
           content += event.text;
         } else if (event.kind == vlm::GenerationEvent::Kind::failed) {
@@ -80,7 +91,7 @@ http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const Cha
                                                               {"finish_reason", std::move(finish_reason)}}})}};
   };
   for (;;) {
-    auto events = co_await submission.events->next_batch();
+    auto events = co_await next_events(submission, exchange);
     for (auto& event : events) {
       if (event.kind == vlm::GenerationEvent::Kind::failed) {
         throw ApiError(event.error_status, event.error_message,

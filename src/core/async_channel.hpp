@@ -32,8 +32,10 @@ public:
     boost::asio::post(timer_.get_executor(), [self = this->shared_from_this()] { self->timer_.cancel(); });
   }
 
-  // On the channel's executor: everything pushed so far, waiting while empty.
-  boost::asio::awaitable<std::vector<T>> next_batch() {
+  // On the channel's executor: everything pushed so far, waiting while empty;
+  // empty only when `deadline` passed first.
+  boost::asio::awaitable<std::vector<T>>
+  next_batch(std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max()) {
     for (;;) {
       {
         std::lock_guard lock(mutex_);
@@ -43,7 +45,8 @@ public:
           co_return out;
         }
       }
-      timer_.expires_at(std::chrono::steady_clock::time_point::max());
+      if (std::chrono::steady_clock::now() >= deadline) co_return std::vector<T>{};
+      timer_.expires_at(deadline);
       boost::system::error_code ec;
       co_await timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
     }

@@ -428,3 +428,17 @@ TEST(VisionLoad8Bit, QuantizesOnceIntoTheModelCacheAndReusesIt) {
   EXPECT_EQ(again.log().find("quantizing '"), std::string::npos) << again.log();
   std::filesystem::remove_all(models);
 }
+
+TEST(VisionChatLimits, RequestTimeoutStopsAGenerationWith504) {
+  REQUIRE_MODEL(stories_model());
+  ServerProcess server(vision_config(1, 4) + "server: {request_timeout: 150ms}\n", "vision");
+  wait_until_loaded(server.port());
+  // About 950 tokens take far longer than 150 ms, even on this tiny model.
+  const json error = post_json(server.port(), chat_body("Once upon a time", 950), 504)["error"];
+  EXPECT_EQ(error["code"], "timeout");
+  EXPECT_EQ(error["type"], "server_error");
+  // The abandoned generation stops, so the single slot serves the next request
+  // (which also meets the 150 ms deadline).
+  const json next = post_json(server.port(), chat_body("Once upon a time", 2));
+  EXPECT_EQ(next["usage"]["completion_tokens"], 2);
+}
