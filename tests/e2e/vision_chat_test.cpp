@@ -442,3 +442,20 @@ TEST(VisionChatLimits, RequestTimeoutStopsAGenerationWith504) {
   const json next = post_json(server.port(), chat_body("Once upon a time", 2));
   EXPECT_EQ(next["usage"]["completion_tokens"], 2);
 }
+
+TEST_F(VisionChat, JsonObjectResponseFormatConstrainsTheOutput) {
+  const json answer =
+      post_json(port(), chat_body("Once upon a time", 200, {{"response_format", {{"type", "json_object"}}}}));
+  const std::string content = answer["choices"][0]["message"]["content"];
+  ASSERT_FALSE(content.empty());
+  // A story model left alone writes prose; under the grammar it can only write JSON.
+  const auto first = content.find_first_not_of(" \t\n");
+  ASSERT_NE(first, std::string::npos);
+  EXPECT_EQ(content[first], '{') << content;
+  if (answer["choices"][0]["finish_reason"] == "stop") {
+    const json parsed = json::parse(content);
+    EXPECT_TRUE(parsed.is_object()) << content;
+  }
+  const std::string prose = post_json(port(), chat_body("Once upon a time", 20))["choices"][0]["message"]["content"];
+  EXPECT_NE(prose.find_first_not_of(" \t\n") == std::string::npos ? ' ' : prose[prose.find_first_not_of(" \t\n")], '{');
+}
