@@ -235,7 +235,12 @@ TEST(VisionChatParity, SameAnswerAsLlamaCppServer) {
 
   ServerProcess server(vision_config(1, 4), "vision");
   wait_until_loaded(server.port());
-  for (const std::string prompt : {"Once upon a time", "The little dog"}) {
+  // The third prompt is longer than one prompt batch (512 tokens), so it is
+  // evaluated in several steps (chunked prefill).
+  std::string long_prompt;
+  for (int i = 0; i < 55; ++i)
+    long_prompt += "Lily and Ben played in the park. ";
+  for (const std::string& prompt : {std::string("Once upon a time"), std::string("The little dog"), long_prompt}) {
     const json body = chat_body(prompt, 48);
     const json ours = post_json(server.port(), body);
     const json theirs = post_json(peer_port, body);
@@ -243,6 +248,7 @@ TEST(VisionChatParity, SameAnswerAsLlamaCppServer) {
     EXPECT_EQ(ours["choices"][0]["message"]["content"], theirs["choices"][0]["message"]["content"]) << prompt;
     EXPECT_EQ(ours["usage"]["prompt_tokens"], theirs["usage"]["prompt_tokens"]) << prompt;
     EXPECT_EQ(ours["usage"]["completion_tokens"], theirs["usage"]["completion_tokens"]) << prompt;
+    if (prompt == long_prompt) EXPECT_GT(ours["usage"]["prompt_tokens"].get<int>(), 512);
   }
 }
 

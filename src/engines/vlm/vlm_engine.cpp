@@ -134,6 +134,13 @@ struct VlmEngine::Slot {
   std::string cached_prompt;
   std::vector<PromptPiece> prompt_pieces;
   std::vector<llama_token> decoded;
+  // Prompt evaluation in progress (chunked prefill): the prompt, and the
+  // index in prompt_pieces of the first piece not evaluated yet.
+  bool prefilling = false;
+  std::unique_ptr<mtmd_input_chunks, ChunksDeleter> chunks;
+  std::vector<llama_token> tokens;
+  size_t next_piece = 0;
+  Clock::time_point prefill_started;
   std::shared_ptr<Job> job;
   common_sampler* sampler = nullptr;
   int n_past = 0;
@@ -347,6 +354,13 @@ void VlmEngine::scheduler_loop() {
     for (auto& slot : slots_) {
       if (slot->job && slot->sampler == nullptr) start_slot(*slot, slot->job);
     }
+    // Chunked prefill: at most one batch of prompt tokens per step, so the
+    // streams already generating get a token between prompt batches.
+    size_t budget = static_cast<size_t>(options_.batch_size);
+    for (auto& slot : slots_) {
+      if (budget == 0) break;
+      if (slot->job && slot->prefilling && !slot->job->cancelled) prefill_step(*slot, budget);
+    }
     decode_step();
   }
   for (auto& slot : slots_) {
@@ -437,44 +451,70 @@ bool VlmEngine::start_slot(Slot& slot, const std::shared_ptr<Job>& job) {
   slot.cached_prompt.clear();
   metrics_.prompt_tokens_cached_total.labels({"vision", options_.model_id}).inc(static_cast<double>(n_past));
 
-  bool evaluated = true;
-  if (vision_) {
-    size_t first_piece = 0;
-    const size_t count = mtmd_input_chunks_size(chunks.get());
-    for (size_t i = 0; i < count && evaluated; ++i) {
-      const mtmd_input_chunk* chunk = mtmd_input_chunks_get(chunks.get(), i);
-      const bool is_text = mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT;
-      size_t n_text = 0;
-      const llama_token* text_tokens = is_text ? mtmd_input_chunk_get_tokens_text(chunk, &n_text) : nullptr;
-      const size_t chunk_pieces = is_text ? n_text : 1;
-      const size_t chunk_begin = first_piece;
-      first_piece += chunk_pieces;
-      if (first_piece <= common) continue; // wholly in the cache
-      if (is_text) {
-        const size_t skip = common > chunk_begin ? common - chunk_begin : 0;
-        evaluated = decode_tokens(text_tokens + skip, n_text - skip, slot.seq, n_past, i + 1 == count);
-      } else {
-        evaluated = eval_image_chunk(chunk, slot.seq, n_past, i + 1 == count);
-      }
-    }
-  } else {
-    evaluated = decode_tokens(tokens.data() + common, tokens.size() - common, slot.seq, n_past, true);
-  }
-  if (!evaluated) {
-    fail_slot(slot, 500, "Evaluating the prompt failed.");
-    return false;
-  }
+  // Evaluated by prefill_step() a batch at a time, between decode steps.
   slot.prompt_pieces = std::move(pieces);
   slot.decoded.clear();
   slot.cached_prompt = job->prompt;
+  slot.chunks = std::move(chunks);
+  slot.tokens = std::move(tokens);
+  slot.next_piece = common;
   slot.n_past = n_past;
-  metrics_.model_inference_seconds.labels({"vision", options_.model_id, "prefill"})
-      .observe(std::chrono::duration<double>(Clock::now() - started).count());
+  slot.prefill_started = started;
+  slot.prefilling = true;
+  return true;
+}
 
+bool VlmEngine::prefill_step(Slot& slot, size_t& budget) {
+  llama_pos n_past = slot.n_past;
+  bool ok = true;
+  if (vision_) {
+    const size_t count = mtmd_input_chunks_size(slot.chunks.get());
+    size_t chunk_begin = 0;
+    for (size_t i = 0; i < count && ok && budget > 0; ++i) {
+      const mtmd_input_chunk* chunk = mtmd_input_chunks_get(slot.chunks.get(), i);
+      const bool is_text = mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT;
+      size_t n_text = 0;
+      const llama_token* text = is_text ? mtmd_input_chunk_get_tokens_text(chunk, &n_text) : nullptr;
+      const size_t chunk_end = chunk_begin + (is_text ? n_text : 1);
+      const size_t begin = chunk_begin;
+      chunk_begin = chunk_end;
+      if (chunk_end <= slot.next_piece) continue; // evaluated already (or cached)
+      const bool last_chunk = i + 1 == count;
+      if (is_text) {
+        const size_t from = slot.next_piece - begin;
+        const size_t n = std::min(n_text - from, budget);
+        ok = decode_tokens(text + from, n, slot.seq, n_past, last_chunk && from + n == n_text);
+        slot.next_piece += n;
+        budget -= n;
+      } else {
+        const size_t n_tokens = mtmd_input_chunk_get_n_tokens(chunk);
+        ok = eval_image_chunk(chunk, slot.seq, n_past, last_chunk);
+        slot.next_piece += 1;
+        budget = budget > n_tokens ? budget - n_tokens : 0;
+      }
+    }
+  } else {
+    const size_t n = std::min(slot.tokens.size() - slot.next_piece, budget);
+    ok = decode_tokens(slot.tokens.data() + slot.next_piece, n, slot.seq, n_past,
+                       slot.next_piece + n == slot.tokens.size());
+    slot.next_piece += n;
+    budget -= n;
+  }
+  slot.n_past = n_past;
+  if (!ok) {
+    fail_slot(slot, 500, "Evaluating the prompt failed.");
+    return false;
+  }
+  if (slot.next_piece < slot.prompt_pieces.size()) return true; // more next time
+  slot.prefilling = false;
+  slot.chunks.reset();
+  slot.tokens.clear();
+  metrics_.model_inference_seconds.labels({"vision", options_.model_id, "prefill"})
+      .observe(std::chrono::duration<double>(Clock::now() - slot.prefill_started).count());
   const llama_token token = common_sampler_sample(slot.sampler, context_, -1);
   common_sampler_accept(slot.sampler, token, true);
   metrics_.time_to_first_token_seconds.labels({"vision", options_.model_id})
-      .observe(std::chrono::duration<double>(Clock::now() - job->queued_at).count());
+      .observe(std::chrono::duration<double>(Clock::now() - slot.job->queued_at).count());
   emit_token(slot, token);
   return true;
 }
@@ -530,7 +570,7 @@ void VlmEngine::decode_step() {
   }
   std::vector<Slot*> active;
   for (auto& slot : slots_) {
-    if (slot->job && slot->sampler) active.push_back(slot.get());
+    if (slot->job && slot->sampler && !slot->prefilling) active.push_back(slot.get());
   }
   if (active.empty()) return;
 
@@ -639,6 +679,9 @@ void VlmEngine::release_slot(Slot& slot, bool keep_cache) {
   }
   slot.prompt_pieces.clear();
   slot.decoded.clear();
+  slot.prefilling = false;
+  slot.chunks.reset();
+  slot.tokens.clear();
   slot.job.reset();
   --busy_slots_;
   metrics_.slots_busy.labels({"vision"}).set(busy_slots_.load());

@@ -102,6 +102,8 @@ private:
   void scheduler_loop();
   bool start_slot(Slot& slot, const std::shared_ptr<Job>& job);
   void decode_step();
+  // Evaluates up to `budget` prompt tokens of a prefilling slot; samples its first token when done.
+  bool prefill_step(Slot& slot, size_t& budget);
   // Prompt tokens into a sequence from n_past on (advanced on success).
   bool decode_tokens(const int* tokens, size_t count, int seq, int& n_past, bool logits_last);
   // An image into a sequence; the encoder output comes from the cache when the image was seen.
