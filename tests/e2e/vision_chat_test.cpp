@@ -443,10 +443,18 @@ TEST(VisionChatLimits, RequestTimeoutStopsAGenerationWith504) {
   const json error = post_json(server.port(), chat_body("Once upon a time", 950), 504)["error"];
   EXPECT_EQ(error["code"], "timeout");
   EXPECT_EQ(error["type"], "server_error");
-  // The abandoned generation stops, so the single slot serves the next request
-  // (which also meets the 150 ms deadline).
-  const json next = post_json(server.port(), chat_body("Once upon a time", 2));
-  EXPECT_EQ(next["usage"]["completion_tokens"], 2);
+  // The abandoned generation stopped: the token counter stands still, short of 950.
+  const auto tokens_so_far = [&] {
+    const std::string metrics = request(server.port(), "GET", "/metrics").body;
+    const std::string key = R"(tokens_generated_total{service="vision",model="stories260K"} )";
+    const auto at = metrics.find(key);
+    return at == std::string::npos ? 0.0 : std::stod(metrics.substr(at + key.size()));
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const double first = tokens_so_far();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(tokens_so_far(), first);
+  EXPECT_LT(first, 950.0);
 }
 
 TEST_F(VisionChat, JsonObjectResponseFormatConstrainsTheOutput) {
