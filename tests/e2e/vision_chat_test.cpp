@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <future>
+#include <optional>
 #include <thread>
 
 using namespace mmserve::test;
@@ -63,6 +64,26 @@ std::vector<json> sse_events(const std::string& body, bool* saw_done) {
 std::string vision_config(int parallel = 2, int max_queue = 8) {
   return "vision:\n  model_path: " + stories_model() + "\n  parallel: " + std::to_string(parallel) +
          "\n  max_queue: " + std::to_string(max_queue) + "\n  max_model_len: 1024\n";
+}
+
+// Sends a streamed chat request of `max_tokens` on `connection`; true once
+// the first bytes of the answer arrived (the generation is under way).
+bool start_streamed_answer(Connection& connection, int max_tokens) {
+  const std::string body = chat_body("Once upon a time", max_tokens, {{"stream", true}}).dump();
+  connection.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: " +
+                      std::to_string(body.size()) + "\r\n\r\n" + body);
+  char first[16];
+  return ::recv(connection.socket().native_handle(), first, sizeof first, 0) > 0;
+}
+
+// tokens_generated_total of stories260K from a scrape; nullopt before the first token.
+std::optional<double> tokens_generated(uint16_t port) {
+  const std::string metrics = request(port, "GET", "/metrics").body;
+  const std::string key = R"(tokens_generated_total{service="vision",model="stories260K"} )";
+  const auto at = metrics.find(key);
+  if (at == std::string::npos) return std::nullopt;
+  return std::stod(metrics.substr(at + key.size()));
 }
 
 void wait_until_loaded(uint16_t port) {
@@ -172,12 +193,7 @@ TEST(VisionChatLimits, FullQueueAnswers429WithRetryAfter) {
   wait_until_loaded(server.port());
   // A long streamed answer holds the only slot; its first bytes prove it started.
   Connection holder(server.port());
-  holder.send_raw(
-      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ");
-  const std::string body = chat_body("Once upon a time", 900, {{"stream", true}}).dump();
-  holder.send_raw(std::to_string(body.size()) + "\r\n\r\n" + body);
-  char first[16];
-  ASSERT_GT(::recv(holder.socket().native_handle(), first, sizeof first, 0), 0);
+  ASSERT_TRUE(start_streamed_answer(holder, 900));
   const auto refused = request(server.port(), "POST", "/v1/chat/completions", chat_body("Hello", 4).dump());
   EXPECT_EQ(refused.status, 429u) << refused.body;
   EXPECT_EQ(json::parse(refused.body)["error"]["type"], "rate_limit_error");
@@ -190,20 +206,14 @@ TEST(VisionChatLimits, DisconnectedClientFreesItsSlot) {
   wait_until_loaded(server.port());
   {
     Connection gone(server.port());
-    const std::string body = chat_body("Once upon a time", 900, {{"stream", true}}).dump();
-    gone.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
-                  "\r\n\r\n" + body);
-    char first[16];
-    ASSERT_GT(::recv(gone.socket().native_handle(), first, sizeof first, 0), 0);
+    ASSERT_TRUE(start_streamed_answer(gone, 900));
   } // the client hangs up after the first bytes
   // With one slot, this answer can only come once the abandoned one stopped.
   const json next = post_json(server.port(), chat_body("Once upon a time", 4));
   EXPECT_EQ(next["usage"]["completion_tokens"], 4);
-  const auto metrics = request(server.port(), "GET", "/metrics").body;
-  const std::string key = "tokens_generated_total{service=\"vision\",model=\"stories260K\"} ";
-  const auto at = metrics.find(key);
-  ASSERT_NE(at, std::string::npos) << metrics;
-  EXPECT_LT(std::stod(metrics.substr(at + key.size())), 900 + 4) << "the abandoned request ran to its end";
+  const auto tokens = tokens_generated(server.port());
+  ASSERT_TRUE(tokens.has_value());
+  EXPECT_LT(*tokens, 900 + 4) << "the abandoned request ran to its end";
 }
 
 TEST(VisionChatParity, SameAnswerAsLlamaCppServer) {
@@ -403,11 +413,7 @@ TEST(VisionChatLimits, ShutdownCutsAGenerationPastTheGracePeriodCleanly) {
   ServerProcess server(vision_config(1, 4) + "server: {shutdown_grace_period: 1ms}\n", "vision");
   wait_until_loaded(server.port());
   Connection streaming(server.port());
-  const std::string body = chat_body("Once upon a time", 950, {{"stream", true}}).dump();
-  streaming.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
-                     "\r\n\r\n" + body);
-  char first[16];
-  ASSERT_GT(::recv(streaming.socket().native_handle(), first, sizeof first, 0), 0);
+  ASSERT_TRUE(start_streamed_answer(streaming, 950));
   server.signal(SIGTERM);
   const auto code = server.wait_exit(std::chrono::seconds(10));
   ASSERT_TRUE(code.has_value()) << server.log();
@@ -444,12 +450,7 @@ TEST(VisionChatLimits, RequestTimeoutStopsAGenerationWith504) {
   EXPECT_EQ(error["code"], "timeout");
   EXPECT_EQ(error["type"], "server_error");
   // The abandoned generation stopped: the token counter stands still, short of 950.
-  const auto tokens_so_far = [&] {
-    const std::string metrics = request(server.port(), "GET", "/metrics").body;
-    const std::string key = R"(tokens_generated_total{service="vision",model="stories260K"} )";
-    const auto at = metrics.find(key);
-    return at == std::string::npos ? 0.0 : std::stod(metrics.substr(at + key.size()));
-  };
+  const auto tokens_so_far = [&] { return tokens_generated(server.port()).value_or(0.0); };
   // The slot notices the cancellation at its next step, which a loaded
   // machine may reach late: wait until the counter stands still, then check
   // it stopped short of the 950 tokens asked for.
