@@ -106,11 +106,7 @@ net::awaitable<void> HttpExchange::send_continue_if_expected() {
 
 net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
   if (parser_.is_done()) co_return std::string_view();
-  if (const auto length = content_length(); length && *length > limits_.max_body_bytes) {
-    force_close_ = true;
-    throw ApiError::payload_too_large(
-        fmt::format("Request body of {} bytes is larger than the limit of {} bytes.", *length, limits_.max_body_bytes));
-  }
+  // An oversize Content-Length never gets here: the server answers 413 before calling a handler.
   co_await send_continue_if_expected();
   if (chunk_buffer_.empty()) chunk_buffer_.resize(kChunkBufferSize);
   for (;;) {
