@@ -17,6 +17,7 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
   libboost-dev nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
+  libssl-dev libvips-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus python3 python3-numpy
   nodejs npm openssl

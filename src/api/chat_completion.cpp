@@ -2,6 +2,7 @@
 
 #include <boost/asio/this_coro.hpp>
 #include <chrono>
+#include <fmt/format.h>
 
 namespace mmserve::api {
 namespace {
@@ -43,8 +44,15 @@ http::net::awaitable<std::vector<vlm::GenerationEvent>> next_events(const vlm::V
 } // namespace
 
 http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const ChatRequest& request,
+                                               const ChatImagePolicy& images, ServerMetrics& metrics,
                                                http::HttpExchange& exchange) {
-  auto submission = engine.submit(request, co_await boost::asio::this_coro::executor);
+  if (request.image_count() > 0 && !engine.supports_images()) {
+    throw ApiError::bad_request(
+        fmt::format("The model '{}' takes text only (no vision projector is loaded).", engine.options().model_id),
+        "messages", "images_not_supported");
+  }
+  auto prepared = co_await prepare_chat_images(request, images, metrics);
+  auto submission = engine.submit(request, std::move(prepared), co_await boost::asio::this_coro::executor);
   CancelOnExit guard{submission.job};
   const std::string id = "chatcmpl-" + exchange.request_id();
   const int64_t created = unix_now();

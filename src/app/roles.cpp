@@ -51,7 +51,8 @@ public:
     options.parallel = config.vision.parallel;
     options.max_queue = config.vision.max_queue;
     options.threads = config.vision.threads;
-    options.image_formats = config.media.supported_formats;
+    options.gpu_count = config.vision.gpu_count;
+    options.tensor_split = config.vision.tensor_split;
     options.image_cache_bytes = config.vision.image_cache_bytes;
     if (config.vision.dtype != "auto") {
       // vLLM converts weights at load; a GGUF file already fixes their type.
@@ -148,13 +149,17 @@ int run_role(Role role, const Config& config) {
 
   http::HttpServer server(config.server, config.logging.access_log, router, metrics);
   api::register_system_routes(router, board, metrics, server.draining_flag());
+  const api::ChatImagePolicy image_policy = api::chat_image_policy(config.media);
   if (vision) {
     api::register_chat_routes(
         router, board,
-        [&vision_service](const api::ChatRequest& request, http::HttpExchange& exchange) -> http::net::awaitable<void> {
+        [&vision_service, &image_policy, &metrics](const api::ChatRequest& request,
+                                                   http::HttpExchange& exchange) -> http::net::awaitable<void> {
           auto engine = vision_service->engine();
-          if (!engine) throw ApiError::unavailable("The vision model is not loaded yet.", 5, "model_not_loaded");
-          co_await api::run_chat_completion(*engine, request, exchange);
+          if (!engine) {
+            throw ApiError::unavailable("The vision model is not loaded yet.", 5, "model_not_loaded");
+          }
+          co_await api::run_chat_completion(*engine, request, image_policy, metrics, exchange);
         });
   }
 

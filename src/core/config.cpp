@@ -1,6 +1,7 @@
 #include "core/config.hpp"
 
 #include "core/quantity.hpp"
+#include "media/url_fetch.hpp"
 
 #include <yaml-cpp/yaml.h>
 
@@ -9,6 +10,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <unistd.h>
@@ -37,6 +39,19 @@ public:
     return Section(child, full(key), source_);
   }
 
+  std::optional<YAML::Node> sequence(const std::string& key) {
+    const auto child = lookup(key);
+    if (!child || child.IsNull()) return std::nullopt;
+    if (!child.IsSequence()) fail_at(full(key), "must be a list");
+    return child;
+  }
+  std::optional<std::string> scalar_text(const std::string& key) {
+    if (auto child = scalar(key)) return child->Scalar();
+    return std::nullopt;
+  }
+  [[noreturn]] void fail_value(const std::string& key, const std::string& value, const std::string& allowed) const {
+    fail(key, value, allowed);
+  }
   void read(const std::string& key, std::string& out) {
     if (auto child = scalar(key)) out = child->Scalar();
   }
@@ -103,6 +118,21 @@ public:
     out = values;
   }
 
+  void read_list(const std::string& key, std::vector<std::string>& out,
+                 const std::function<bool(const std::string&)>& valid, const std::string& expected) {
+    const auto child = lookup(key);
+    if (!child || child.IsNull()) return;
+    if (!child.IsSequence()) fail_at(full(key), "must be a list of " + expected);
+    std::vector<std::string> values;
+    for (const auto& item : child) {
+      if (!item.IsScalar() || !valid(item.Scalar())) {
+        fail(key, item.IsScalar() ? item.Scalar() : std::string("(not a value)"), expected);
+      }
+      values.push_back(item.Scalar());
+    }
+    out = values;
+  }
+
   // Rejects keys that no read asked for.
   void finish() const {
     if (!node_ || node_.IsNull()) return;
@@ -149,6 +179,11 @@ void read_media(Section& root, MediaConfig& media) {
     pre->read_enum_list("supported_formats", media.supported_formats, kImageFormats);
     pre->read_enum("resize_mode", media.resize_mode, {"fit", "crop", "pad"});
     pre->read("normalize", media.normalize);
+    pre->read_bytes("max_pixels", media.max_pixels, 1);
+    if (auto colour = pre->scalar_text("background")) {
+      if (!parse_hex_colour(*colour)) pre->fail_value("background", *colour, "a colour as #rrggbb");
+      media.background = *colour;
+    }
     pre->finish();
   }
   if (auto storage = root.section("storage")) {
@@ -156,6 +191,17 @@ void read_media(Section& root, MediaConfig& media) {
     storage->read_bytes("max_cache_size", media.max_cache_bytes, 1);
     storage->read_seconds("cleanup_interval", media.cleanup_interval_s, 1);
     storage->finish();
+  }
+  if (auto fetch = root.section("fetch")) {
+    fetch->read_bytes("max_bytes", media.fetch_max_bytes, 1);
+    fetch->read_seconds("timeout", media.fetch_timeout_s, 0.001);
+    fetch->read_int("max_redirects", media.fetch_max_redirects, 0, 20);
+    fetch->read_list(
+        "allow_networks", media.fetch_allow_networks,
+        [](const std::string& text) { return media::parse_network(text).has_value(); },
+        "networks in CIDR form, e.g. 127.0.0.0/8, 10.1.2.3, fd00::/8");
+    fetch->read("ca_file", media.fetch_ca_file);
+    fetch->finish();
   }
 }
 
@@ -176,6 +222,16 @@ std::string read_file(const std::string& path, const char* what) {
 }
 
 } // namespace
+
+std::optional<std::array<unsigned char, 3>> parse_hex_colour(const std::string& text) {
+  if (text.size() != 7 || text[0] != '#' || text.find_first_not_of("0123456789abcdefABCDEF", 1) != std::string::npos) {
+    return std::nullopt;
+  }
+  std::array<unsigned char, 3> rgb{};
+  for (size_t i = 0; i < 3; ++i)
+    rgb[i] = static_cast<unsigned char>(std::stoi(text.substr(1 + 2 * i, 2), nullptr, 16));
+  return rgb;
+}
 
 std::optional<bool> parse_bool(const std::string& text) {
   std::string lower;
@@ -236,6 +292,18 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s->read_int("parallel", c.parallel, 1, 256);
     s->read_int("max_queue", c.max_queue, 0, 100000);
     s->read_int("gpu_count", c.gpu_count, 0, 64);
+    if (const auto child = s->sequence("tensor_split")) {
+      c.tensor_split.clear();
+      for (const auto& item : *child) {
+        char* end = nullptr;
+        const std::string text = item.IsScalar() ? item.Scalar() : "";
+        const double share = std::strtod(text.c_str(), &end);
+        if (text.empty() || *end != '\0' || !(share >= 0)) {
+          s->fail_value("tensor_split", text, "a list of non-negative numbers, one share per GPU, e.g. [3, 1]");
+        }
+        c.tensor_split.push_back(share);
+      }
+    }
     s->read_int("threads", c.threads, 0, 1024);
     s->read_bytes("image_cache_size", c.image_cache_bytes);
     s->finish();
@@ -410,6 +478,7 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "parallel" << YAML::Value << c.vision.parallel;
   out << YAML::Key << "max_queue" << YAML::Value << c.vision.max_queue;
   out << YAML::Key << "gpu_count" << YAML::Value << c.vision.gpu_count;
+  out << YAML::Key << "tensor_split" << YAML::Value << YAML::Flow << c.vision.tensor_split;
   out << YAML::Key << "threads" << YAML::Value << c.vision.threads;
   out << YAML::Key << "image_cache_size" << YAML::Value << c.vision.image_cache_bytes;
   out << YAML::EndMap;
@@ -443,11 +512,20 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "supported_formats" << YAML::Value << YAML::Flow << c.media.supported_formats;
   out << YAML::Key << "resize_mode" << YAML::Value << c.media.resize_mode;
   out << YAML::Key << "normalize" << YAML::Value << c.media.normalize;
+  out << YAML::Key << "max_pixels" << YAML::Value << c.media.max_pixels;
+  out << YAML::Key << "background" << YAML::Value << c.media.background;
   out << YAML::EndMap;
   out << YAML::Key << "storage" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "temp_dir" << YAML::Value << c.media.temp_dir;
   out << YAML::Key << "max_cache_size" << YAML::Value << c.media.max_cache_bytes;
   out << YAML::Key << "cleanup_interval" << YAML::Value << c.media.cleanup_interval_s;
+  out << YAML::EndMap;
+  out << YAML::Key << "fetch" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "max_bytes" << YAML::Value << c.media.fetch_max_bytes;
+  out << YAML::Key << "timeout" << YAML::Value << c.media.fetch_timeout_s;
+  out << YAML::Key << "max_redirects" << YAML::Value << c.media.fetch_max_redirects;
+  out << YAML::Key << "allow_networks" << YAML::Value << YAML::Flow << c.media.fetch_allow_networks;
+  out << YAML::Key << "ca_file" << YAML::Value << c.media.fetch_ca_file;
   out << YAML::EndMap;
   out << YAML::EndMap;
   out << YAML::EndMap;

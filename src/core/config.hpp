@@ -4,6 +4,7 @@
 // full name and what is allowed.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -48,6 +49,7 @@ struct VisionConfig {
   int parallel = 4;                          // sequences decoded together
   int max_queue = 64;                        // waiting requests before 429
   int gpu_count = 0;                         // 0: all visible GPUs when built with CUDA
+  std::vector<double> tensor_split;          // share of the model per GPU (empty: by free memory)
   int threads = 0;                           // 0: all cores
   uint64_t image_cache_bytes = 256ull << 20; // vision-encoder outputs kept by image hash
 };
@@ -84,9 +86,17 @@ struct MediaConfig {
   std::vector<std::string> supported_formats = {"jpeg", "png", "webp", "gif"};
   std::string resize_mode = "fit"; // fit crop pad
   bool normalize = true;
+  uint64_t max_pixels = 8192ull * 8192ull;  // header check before decoding (decompression bombs)
+  std::string background = "#ffffff";      // alpha is composited on it; pad mode fills with it
   std::string temp_dir = "/tmp/images";
   uint64_t max_cache_bytes = 10ull << 30; // 10Gi
   double cleanup_interval_s = 3600;
+  // Images clients name by http(s) URL.
+  uint64_t fetch_max_bytes = 20ull << 20;
+  double fetch_timeout_s = 10;
+  int fetch_max_redirects = 3;
+  std::vector<std::string> fetch_allow_networks; // CIDRs opened despite being internal (tests, intranets)
+  std::string fetch_ca_file;                     // extra PEM bundle for https
 };
 
 struct Config {
@@ -122,6 +132,9 @@ void finalize_config(Config& config);
 
 // The effective configuration as YAML (what --print-config shows).
 std::string dump_config(const Config& config);
+
+// "#rrggbb" to its three bytes; nullopt otherwise.
+std::optional<std::array<unsigned char, 3>> parse_hex_colour(const std::string& text);
 
 // Parses "true"/"false"/"1"/"0"/"yes"/"no"/"on"/"off"; nullopt otherwise.
 std::optional<bool> parse_bool(const std::string& text);

@@ -1,5 +1,6 @@
 // The vision service's chat completions on a real trained model
 // (stories260K), over real sockets, compared with llama.cpp's own server.
+#include "static_http_server.hpp"
 #include "test_server.hpp"
 
 #include <gtest/gtest.h>
@@ -316,13 +317,19 @@ protected:
   void SetUp() override {
     REQUIRE_MODEL(stories_model());
     REQUIRE_MODEL(photo_path());
-    server_ = std::make_unique<ServerProcess>(vision_config(2, 8) + "  mmproj_path: " + std::string(TINY_MMPROJ) + "\n",
+    // Image URLs on loopback are refused unless allowed: the test web server
+    // is on 127.0.0.1, which this configuration opens (and nothing else).
+    server_ = std::make_unique<ServerProcess>(vision_config(2, 8) + "  mmproj_path: " + std::string(TINY_MMPROJ) +
+                                                  "\nmedia:\n  fetch:\n    allow_networks: [127.0.0.1/32]\n"
+                                                  "    timeout: 1500ms\n    max_bytes: 1Mi\n    max_redirects: 2\n",
                                               "vision");
     wait_until_loaded(server_->port());
-    photo_url_ = "data:image/jpeg;base64," + base64(read_file(photo_path()));
+    photo_bytes_ = read_file(photo_path());
+    photo_url_ = "data:image/jpeg;base64," + base64(photo_bytes_);
   }
   uint16_t port() const { return server_->port(); }
   std::unique_ptr<ServerProcess> server_;
+  std::string photo_bytes_;
   std::string photo_url_;
 };
 
@@ -349,6 +356,61 @@ TEST_F(VisionImages, ImageTokensReachTheModelAndSteerIt) {
       << metrics;
 }
 
+TEST_F(VisionImages, ImageByUrlIsFetchedAndAnswersLikeTheSameBytesInline) {
+  StaticHttpServer web;
+  web.route("/moon.jpg", {200, {{"Content-Type", "image/jpeg"}}, photo_bytes_});
+  web.route("/moved", {302, {{"Location", "/moon.jpg"}}, ""});
+  const json inline_answer = post_json(port(), image_body(photo_url_, "Once upon a time", 12));
+  const json by_url = post_json(port(), image_body(web.url("/moon.jpg"), "Once upon a time", 12));
+  const json redirected = post_json(port(), image_body(web.url("/moved"), "Once upon a time", 12));
+  EXPECT_EQ(by_url["choices"][0]["message"]["content"], inline_answer["choices"][0]["message"]["content"]);
+  EXPECT_EQ(redirected["choices"][0]["message"]["content"], inline_answer["choices"][0]["message"]["content"]);
+  EXPECT_EQ(by_url["usage"]["prompt_tokens"], inline_answer["usage"]["prompt_tokens"]);
+  EXPECT_EQ(web.hits("/moon.jpg"), 2);
+  EXPECT_EQ(web.hits("/moved"), 1);
+  const std::string metrics = request(port(), "GET", "/metrics").body;
+  EXPECT_NE(metrics.find(R"(image_processing_seconds_count{service="vision",step="fetch"} 2)"), std::string::npos)
+      << metrics;
+}
+
+TEST_F(VisionImages, BadImageUrlsAreClear4xxAndTheServerGoesOn) {
+  StaticHttpServer web;
+  web.route("/missing.jpg", {404, {}, "no such image"});
+  web.route("/loop", {302, {{"Location", "/loop"}}, ""});
+  web.route("/to-metadata", {302, {{"Location", "http://169.254.169.254/latest/meta-data/"}}, ""});
+  web.route("/huge.jpg", {200, {{"Content-Type", "image/jpeg"}}, "x", {}, 50ull << 20});
+  web.route("/slow.jpg", {200, {}, "x", std::chrono::milliseconds(4000)});
+  web.route("/text.png", {200, {{"Content-Type", "image/png"}}, "this is not a PNG"});
+  const auto error_of = [&](const std::string& url, unsigned status) {
+    return post_json(port(), image_body(url, "What is this?", 4), status)["error"];
+  };
+  // Internal addresses: cloud metadata, loopback outside the allow-list,
+  // also when a redirect leads there; other schemes.
+  EXPECT_EQ(error_of("http://169.254.169.254/latest/meta-data/", 400)["code"], "url_not_allowed");
+  EXPECT_EQ(error_of("http://127.0.0.2:" + std::to_string(web.port()) + "/moon.jpg", 400)["code"], "url_not_allowed");
+  EXPECT_EQ(error_of("http://[::1]:" + std::to_string(web.port()) + "/moon.jpg", 400)["code"], "url_not_allowed");
+  EXPECT_EQ(error_of(web.url("/to-metadata"), 400)["code"], "url_not_allowed");
+  EXPECT_EQ(error_of("ftp://127.0.0.1/moon.jpg", 400)["code"], "url_not_allowed");
+  // Unreachable, missing, looping, too large, too slow, not an image.
+  const json unreachable = error_of("http://127.0.0.1:" + std::to_string(free_port()) + "/moon.jpg", 400);
+  EXPECT_EQ(unreachable["code"], "image_fetch_failed");
+  EXPECT_EQ(unreachable["param"], "messages[0].content[0].image_url.url");
+  const json missing = error_of(web.url("/missing.jpg"), 400);
+  EXPECT_EQ(missing["code"], "image_fetch_failed");
+  EXPECT_NE(missing["message"].get<std::string>().find("HTTP 404"), std::string::npos) << missing;
+  const json loop = error_of(web.url("/loop"), 400);
+  EXPECT_NE(loop["message"].get<std::string>().find("more than 2 redirects"), std::string::npos) << loop;
+  EXPECT_EQ(web.hits("/loop"), 3);
+  EXPECT_EQ(error_of(web.url("/huge.jpg"), 400)["code"], "image_too_large");
+  const auto started = std::chrono::steady_clock::now();
+  const json slow = error_of(web.url("/slow.jpg"), 400);
+  EXPECT_EQ(slow["code"], "image_fetch_failed");
+  EXPECT_NE(slow["message"].get<std::string>().find("1500 ms"), std::string::npos) << slow;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(3500));
+  EXPECT_EQ(error_of(web.url("/text.png"), 415)["code"], "unsupported_image_format");
+  EXPECT_EQ(post_json(port(), image_body(photo_url_, "Once upon a time", 4))["usage"]["completion_tokens"], 4);
+}
+
 TEST_F(VisionImages, BadImagesAreClear4xx) {
   const auto error_of = [&](const std::string& url, unsigned status) {
     return post_json(port(), image_body(url, "What is this?", 4), status)["error"];
@@ -357,7 +419,7 @@ TEST_F(VisionImages, BadImagesAreClear4xx) {
   EXPECT_EQ(error_of("data:image/png,rawbytes", 400)["code"], "invalid_image");
   // A text file that calls itself a PNG: the bytes decide, and they are no image.
   const json text_file = error_of("data:image/png;base64," + base64("this is a text file, not a PNG"), 415);
-  EXPECT_EQ(text_file["code"], "unsupported_media_type");
+  EXPECT_EQ(text_file["code"], "unsupported_image_format");
   EXPECT_NE(text_file["message"].get<std::string>().find("jpeg, png"), std::string::npos) << text_file;
   // A PNG header claiming 50000x50000 pixels is refused before any decoding.
   std::string bomb = "\x89PNG\r\n\x1A\n";
@@ -370,7 +432,7 @@ TEST_F(VisionImages, BadImagesAreClear4xx) {
   // A JPEG cut off inside its header.
   const std::string photo = read_file(photo_path());
   EXPECT_EQ(error_of("data:image/jpeg;base64," + base64(photo.substr(0, 20)), 400)["code"], "invalid_image");
-  EXPECT_EQ(error_of("http://169.254.169.254/latest/meta-data", 400)["code"], "unsupported_image_url");
+  EXPECT_EQ(error_of("http://169.254.169.254/latest/meta-data", 400)["code"], "url_not_allowed");
   json in_assistant = image_body(photo_url_, "x", 4);
   in_assistant["messages"][0]["role"] = "assistant";
   EXPECT_EQ(post_json(port(), in_assistant, 400)["error"]["param"], "messages[0].content[0]");

@@ -81,6 +81,25 @@ TEST(Config, BadValues) {
   EXPECT_NE(error_of("server: [1, 2]").find("server"), std::string::npos);
   EXPECT_NE(error_of("server: {port: [1]}").find("single value"), std::string::npos);
   EXPECT_NE(error_of("server: {port: 1\n").find("not valid YAML"), std::string::npos);
+  EXPECT_NE(error_of("media: {fetch: {allow_networks: [10.0.0.0/33]}}").find("media.fetch.allow_networks"),
+            std::string::npos);
+  EXPECT_NE(error_of("media: {fetch: {allow_networks: 10.0.0.0/8}}").find("must be a list"), std::string::npos);
+  EXPECT_NE(error_of("media: {preprocessing: {background: white}}").find("#rrggbb"), std::string::npos);
+  EXPECT_NE(error_of("vision: {tensor_split: [1, -2]}").find("vision.tensor_split"), std::string::npos);
+  EXPECT_NE(error_of("media: {fetch: {retries: 3}}").find("unknown key"), std::string::npos);
+}
+
+TEST(Config, FetchAndSplitSettings) {
+  const Config config = parse_config("vision: {tensor_split: [3, 1]}\n"
+                                     "media: {fetch: {allow_networks: [127.0.0.0/8, 'fd00::/8'], timeout: 2s, "
+                                     "max_bytes: 5Mi, max_redirects: 0}, preprocessing: {background: '#102030'}}",
+                                     "test.yaml");
+  EXPECT_EQ(config.vision.tensor_split, (std::vector<double>{3, 1}));
+  EXPECT_EQ(config.media.fetch_allow_networks, (std::vector<std::string>{"127.0.0.0/8", "fd00::/8"}));
+  EXPECT_EQ(config.media.fetch_timeout_s, 2);
+  EXPECT_EQ(config.media.fetch_max_bytes, 5ull << 20);
+  EXPECT_EQ(config.media.fetch_max_redirects, 0);
+  EXPECT_EQ(config.media.background, "#102030");
 }
 
 TEST(Environment, SeedVariablesOverrideForTheirRole) {

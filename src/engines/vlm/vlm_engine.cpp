@@ -1,11 +1,9 @@
 #include "engines/vlm/vlm_engine.hpp"
 
 #include "core/api_error.hpp"
-#include "media/image_decode.hpp"
 
 #include "chat.h"
 #include "common.h"
-#include "hash/hash.h"
 #include "json-schema-to-grammar.h"
 #include "llama.h"
 #include "mtmd-helper.h"
@@ -34,40 +32,6 @@ struct ChunksDeleter {
   void operator()(mtmd_input_chunks* chunks) const { mtmd_input_chunks_free(chunks); }
 };
 
-std::optional<std::string> decode_base64(std::string_view text) {
-  static constexpr auto value_of = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+' || c == '-') return 62;
-    if (c == '/' || c == '_') return 63;
-    return -1;
-  };
-  std::string out;
-  out.reserve(text.size() * 3 / 4);
-  uint32_t buffer = 0;
-  int bits = 0;
-  size_t padding = 0;
-  for (char c : text) {
-    if (c == '=') {
-      ++padding;
-      continue;
-    }
-    if (c == '\n' || c == '\r' || c == ' ') continue;
-    if (padding) return std::nullopt; // data after padding
-    const int v = value_of(c);
-    if (v < 0) return std::nullopt;
-    buffer = (buffer << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((buffer >> bits) & 0xff));
-    }
-  }
-  if (padding > 2 || bits >= 6) return std::nullopt;
-  return out;
-}
-
 // Length of the tail of `text` that is an incomplete UTF-8 sequence.
 size_t incomplete_utf8_tail(const std::string& text) {
   for (size_t back = 1; back <= std::min<size_t>(4, text.size()); ++back) {
@@ -83,6 +47,43 @@ size_t incomplete_utf8_tail(const std::string& text) {
     return need > back ? back : 0;
   }
   return 0;
+}
+
+// The GPUs the model is spread over, null-terminated for llama_model_params;
+// empty (the default: every GPU) when `count` is 0. A CPU build has none.
+std::vector<ggml_backend_dev_t> choose_gpus(int count) {
+  std::vector<ggml_backend_dev_t> gpus;
+  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+    auto* device = ggml_backend_dev_get(i);
+    if (ggml_backend_dev_type(device) == GGML_BACKEND_DEVICE_TYPE_GPU) gpus.push_back(device);
+  }
+  if (count == 0) return {};
+  if (gpus.empty()) {
+    spdlog::warn("vision.gpu_count {}: this build has no GPU backend (build with -DMMSERVE_CUDA=ON); running on CPU",
+                 count);
+    return {};
+  }
+  if (static_cast<size_t>(count) > gpus.size()) {
+    throw std::runtime_error(fmt::format("vision.gpu_count is {} but only {} GPU(s) are visible", count, gpus.size()));
+  }
+  gpus.resize(static_cast<size_t>(count));
+  gpus.push_back(nullptr);
+  return gpus;
+}
+
+// tensor_split as llama.cpp takes it: one share per device, padded to its maximum.
+std::vector<float> gpu_split(const std::vector<double>& shares, size_t devices) {
+  if (shares.empty()) return {};
+  if (devices != 0 && shares.size() != devices) {
+    throw std::runtime_error(fmt::format("vision.tensor_split has {} shares for {} GPUs", shares.size(), devices));
+  }
+  if (shares.size() > llama_max_devices()) {
+    throw std::runtime_error(fmt::format("vision.tensor_split: at most {} devices", llama_max_devices()));
+  }
+  std::vector<float> split(llama_max_devices(), 0.0f);
+  for (size_t i = 0; i < shares.size(); ++i)
+    split[i] = static_cast<float>(shares[i]);
+  return split;
 }
 
 } // namespace
@@ -162,6 +163,10 @@ VlmEngine::VlmEngine(EngineOptions options, ServerMetrics& metrics, std::functio
     return true;
   };
   model_params.progress_callback_user_data = &progress;
+  const auto gpus = choose_gpus(options_.gpu_count);
+  std::vector<float> split = gpu_split(options_.tensor_split, gpus.size() > 1 ? gpus.size() - 1 : 0);
+  if (!gpus.empty()) model_params.devices = const_cast<ggml_backend_dev_t*>(gpus.data());
+  if (!split.empty()) model_params.tensor_split = split.data();
   model_ = llama_model_load_from_file(options_.model_path.c_str(), model_params);
   if (!model_) throw std::runtime_error(fmt::format("cannot load GGUF model '{}'", options_.model_path));
 
@@ -253,7 +258,8 @@ std::string VlmEngine::render_prompt(const api::ChatRequest& request) const {
   }
 }
 
-VlmEngine::Submission VlmEngine::submit(const api::ChatRequest& request, boost::asio::any_io_executor executor) {
+VlmEngine::Submission VlmEngine::submit(const api::ChatRequest& request, std::vector<ImageInput> images,
+                                        boost::asio::any_io_executor executor) {
   auto job = std::make_shared<Job>();
   job->request = request;
   if (request.image_count() > 0 && !vision_) {
@@ -261,34 +267,13 @@ VlmEngine::Submission VlmEngine::submit(const api::ChatRequest& request, boost::
         fmt::format("The model '{}' takes text only (no vision projector is loaded).", options_.model_id), "messages",
         "images_not_supported");
   }
-  for (size_t m = 0; m < request.messages.size(); ++m) {
-    const auto& parts = request.messages[m].parts;
-    for (size_t p = 0; p < parts.size(); ++p) {
-      if (parts[p].kind != api::ChatContentPart::Kind::image_url) continue;
-      const std::string param = fmt::format("messages[{}].content[{}].image_url.url", m, p);
-      const std::string& url = parts[p].url;
-      if (!url.starts_with("data:")) {
-        throw ApiError::bad_request("Only data: URIs (base64) are accepted for images in this build.", param,
-                                    "unsupported_image_url");
-      }
-      const auto comma = url.find(',');
-      if (comma == std::string::npos || url.substr(0, comma).find(";base64") == std::string::npos) {
-        throw ApiError::bad_request("Invalid data URI: expected data:<type>;base64,<data>.", param, "invalid_image");
-      }
-      const auto bytes = decode_base64(std::string_view(url).substr(comma + 1));
-      if (!bytes || bytes->empty()) {
-        throw ApiError::bad_request("Invalid base64 in the image data URI.", param, "invalid_image");
-      }
-      const auto started = Clock::now();
-      const auto image = media::decode_image(*bytes, options_.image_formats, options_.max_image_pixels, param);
-      mtmd_bitmap* bitmap = mtmd_bitmap_init(image.width, image.height, image.pixels.data());
-      // The content hash names the image for the encoder-output cache.
-      mtmd_bitmap_set_id(bitmap, hash_sha256_hex(bytes->data(), bytes->size()).c_str());
-      metrics_.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes->size()));
-      metrics_.image_processing_seconds.labels({"vision", "decode"})
-          .observe(std::chrono::duration<double>(Clock::now() - started).count());
-      job->images.emplace_back(bitmap);
-    }
+  if (images.size() != request.image_count()) {
+    throw std::logic_error("VlmEngine::submit: one ImageInput per image part is required");
+  }
+  for (auto& input : images) {
+    mtmd_bitmap* bitmap = mtmd_bitmap_init(input.image.width, input.image.height, input.image.pixels.data());
+    mtmd_bitmap_set_id(bitmap, input.id.c_str());
+    job->images.emplace_back(bitmap);
   }
   job->prompt = render_prompt(request);
   job->events = std::make_shared<AsyncChannel<GenerationEvent>>(std::move(executor));

@@ -8,6 +8,7 @@
 #include "core/async_channel.hpp"
 #include "core/server_metrics.hpp"
 #include "engines/vlm/embedding_cache.hpp"
+#include "media/image_preprocess.hpp"
 
 #include <atomic>
 #include <condition_variable>
@@ -38,9 +39,16 @@ struct EngineOptions {
   int max_queue = 64;
   int threads = 0;                                                         // 0: all cores
   int batch_size = 512;                                                    // prompt tokens per decode call
-  std::vector<std::string> image_formats = {"jpeg", "png", "webp", "gif"}; // media.supported_formats
   uint64_t image_cache_bytes = 256ull << 20;
-  uint64_t max_image_pixels = 8192ull * 8192ull; // checked from the header, before decoding
+  int gpu_count = 0;                // CUDA builds: 0 uses every visible GPU
+  std::vector<double> tensor_split; // share of the model per GPU; empty: by free memory
+};
+
+// One image of a request, decoded and preprocessed; `id` is the content
+// hash that keys the encoder-output and prompt caches.
+struct ImageInput {
+  media::RgbImage image;
+  std::string id;
 };
 
 // What the engine reports back for one request, in order.
@@ -86,14 +94,15 @@ public:
   const EngineOptions& options() const { return options_; }
   bool supports_images() const { return vision_ != nullptr; }
 
-  // Validates and queues a request; events arrive on a channel bound to
-  // `executor`. Throws ApiError: 400 (images without a projector, bad image
-  // data), 429 when the queue is full.
+  // Validates and queues a request with its images (one per image part, in
+  // order); events arrive on a channel bound to `executor`. Throws ApiError:
+  // 400 (images without a projector), 429 when the queue is full.
   struct Submission {
     std::shared_ptr<AsyncChannel<GenerationEvent>> events;
     std::shared_ptr<Job> job;
   };
-  Submission submit(const api::ChatRequest& request, boost::asio::any_io_executor executor);
+  Submission submit(const api::ChatRequest& request, std::vector<ImageInput> images,
+                    boost::asio::any_io_executor executor);
   // The client went away: the slot is freed at the next step.
   static void cancel(const std::shared_ptr<Job>& job);
 
