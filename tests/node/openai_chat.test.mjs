@@ -3,7 +3,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -13,9 +14,15 @@ const binary = process.env.MMSERVE_BIN;
 const modelsDir = process.env.MMSERVE_TEST_MODELS || path.resolve(process.env.MMSERVE_SOURCE_DIR || '.', '../shared/models');
 const model = path.join(modelsDir, 'stories260K.gguf');
 const skip = !existsSync(model) && `model file absent, skipping: ${model}`;
+const mmproj = process.env.MMSERVE_TEST_MMPROJ || '';
+const photo = path.resolve(modelsDir, '../media/newspaper-moon.jpeg');
+const skipImages = skip || (!existsSync(mmproj) && `generated projector absent, skipping: ${mmproj}`) ||
+  (!existsSync(photo) && `test image absent, skipping: ${photo}`);
 
 let server;
 let client;
+let imageServer;
+let imageBase;
 
 function freePort() {
   return new Promise((resolve) => {
@@ -41,7 +48,25 @@ before(async () => {
   if (skip) return;
   assert.ok(binary, 'MMSERVE_BIN must name the mmserve binary');
   const dir = mkdtempSync(path.join(tmpdir(), 'mmserve-openai-'));
-  writeFileSync(path.join(dir, 'mmserve.yaml'), `vision:\n  model_path: ${model}\n  max_model_len: 1024\n`);
+  // The projector (when generated) makes stories260K a vision-language model;
+  // image URLs on 127.0.0.1 are opened for the local image server below.
+  const projector = existsSync(mmproj) ? `  mmproj_path: ${mmproj}\n` : '';
+  writeFileSync(path.join(dir, 'mmserve.yaml'),
+    `vision:\n  model_path: ${model}\n  max_model_len: 1024\n${projector}` +
+    `media:\n  fetch:\n    allow_networks: [127.0.0.1/32]\n    timeout: 5s\n`);
+  if (existsSync(photo)) {
+    const jpeg = readFileSync(photo);
+    imageServer = createHttpServer((request, response) => {
+      if (request.url === '/moon.jpg') {
+        response.writeHead(200, { 'Content-Type': 'image/jpeg', 'Content-Length': jpeg.length });
+        response.end(jpeg);
+      } else {
+        response.writeHead(404).end('not found');
+      }
+    });
+    await new Promise((resolve) => imageServer.listen(0, '127.0.0.1', resolve));
+    imageBase = `http://127.0.0.1:${imageServer.address().port}`;
+  }
   const port = await freePort();
   server = spawn(binary, ['vision', '--config', path.join(dir, 'mmserve.yaml'), '--port', String(port)], {
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -53,6 +78,7 @@ before(async () => {
 });
 
 after(async () => {
+  if (imageServer) imageServer.close();
   if (!server) return;
   const exited = new Promise((resolve) => server.on('exit', resolve));
   server.kill('SIGTERM');
@@ -125,4 +151,55 @@ test('bad inputs raise the SDK errors with OpenAI fields', { skip }, async () =>
   // Still serving.
   const ok = await client.chat.completions.create({ model: 'stories260K', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 });
   assert.equal(ok.usage.completion_tokens, 2);
+});
+
+const photoDataUri = () => `data:image/jpeg;base64,${readFileSync(photo).toString('base64')}`;
+const askAboutImage = (url, extra = {}) => client.chat.completions.create({
+  model: 'stories260K',
+  messages: [{ role: 'user', content: [
+    { type: 'image_url', image_url: { url, detail: 'auto' } },
+    { type: 'text', text: 'Once upon a time' },
+  ] }],
+  max_tokens: 12,
+  temperature: 0,
+  ...extra,
+});
+
+test('image as a data URI: streamed and whole answers agree', { skip: skipImages }, async () => {
+  const whole = await askAboutImage(photoDataUri());
+  const textOnly = await client.chat.completions.create({
+    model: 'stories260K', messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 12, temperature: 0,
+  });
+  // The image's embeddings are in the prompt (the projector yields 256).
+  assert.ok(whole.usage.prompt_tokens >= textOnly.usage.prompt_tokens + 256, JSON.stringify(whole.usage));
+  const stream = await askAboutImage(photoDataUri(), { stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const choice of chunk.choices) text += choice.delta.content ?? '';
+  }
+  assert.equal(text, whole.choices[0].message.content);
+  assert.deepEqual(usage, whole.usage);
+});
+
+test('image as a URL from a local web server answers like the same bytes inline', { skip: skipImages }, async () => {
+  const inline = await askAboutImage(photoDataUri());
+  const [byUrl, again] = await Promise.all([askAboutImage(`${imageBase}/moon.jpg`), askAboutImage(`${imageBase}/moon.jpg`)]);
+  assert.equal(byUrl.choices[0].message.content, inline.choices[0].message.content);
+  assert.equal(again.choices[0].message.content, inline.choices[0].message.content);
+});
+
+test('bad images raise SDK errors and the server goes on', { skip: skipImages }, async () => {
+  await assert.rejects(askAboutImage('http://169.254.169.254/latest/meta-data/'),
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'url_not_allowed' &&
+      error.param === 'messages[0].content[0].image_url.url');
+  await assert.rejects(askAboutImage(`${imageBase}/missing.jpg`),
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'image_fetch_failed');
+  await assert.rejects(askAboutImage(`data:image/png;base64,${Buffer.from('a text file').toString('base64')}`),
+    (error) => error.status === 415 && error.code === 'unsupported_image_format');
+  await assert.rejects(askAboutImage('data:image/png;base64,@@@'),
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'invalid_image');
+  const ok = await askAboutImage(photoDataUri());
+  assert.equal(ok.usage.completion_tokens, 12);
 });
