@@ -440,35 +440,72 @@ TEST_F(VisionImages, BadImagesAreClear4xx) {
   EXPECT_EQ(post_json(port(), image_body(photo_url_, "Once upon a time", 4))["usage"]["completion_tokens"], 4);
 }
 
-TEST_F(VisionImages, SameAnswerAsLlamaMtmdCli) {
-  // llama.cpp's own multimodal CLI, same model, projector, image and prompt,
-  // greedy. stories260K has no chat template; both sides use ChatML.
+// llama.cpp's own multimodal CLI, greedy: its answer for one image and prompt.
+std::string mtmd_cli_answer(const std::string& model, const std::string& mmproj, const std::string& prompt,
+                            int max_tokens, const std::string& expected_by_us, const std::string& extra_args = "") {
   const std::string dir = make_temp_dir("mtmd-cli");
-  const std::string command =
-      std::string(LLAMA_MTMD_CLI) + " -m " + stories_model() + " --mmproj " + TINY_MMPROJ + " --image " + photo_path() +
-      " -p 'Once upon a time' --temp 0 -n 32 --chat-template chatml" + " > " + dir + "/out.txt 2> " + dir + "/err.txt";
-  const json ours = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
-  const std::string expected = ours["choices"][0]["message"]["content"];
-  ASSERT_FALSE(expected.empty());
+  const std::string command = std::string(LLAMA_MTMD_CLI) + " -m " + model + " --mmproj " + mmproj + " --image " +
+                              photo_path() + " -p '" + prompt + "' --temp 0 -n " + std::to_string(max_tokens) + " " +
+                              extra_args + " > " + dir + "/out.txt 2> " + dir + "/err.txt";
   std::string theirs;
   // The CLI prints through an asynchronous logger that can lose the tail of
   // its output at exit on a loaded machine; a run whose output is a strict
   // prefix of ours is run again. A differing token is never a prefix.
   for (int attempt = 0; attempt < 4; ++attempt) {
-    ASSERT_EQ(std::system(command.c_str()), 0) << read_file(dir + "/err.txt");
+    EXPECT_EQ(std::system(command.c_str()), 0) << read_file(dir + "/err.txt");
     theirs = read_file(dir + "/out.txt");
     while (!theirs.empty() && theirs.back() == '\n')
       theirs.pop_back();
     // The CLI prints a newline of its own before the answer.
     if (!theirs.empty() && theirs.front() == '\n') theirs.erase(0, 1);
-    if (!(theirs.size() < expected.size() && expected.compare(0, theirs.size(), theirs) == 0)) break;
+    if (!(theirs.size() < expected_by_us.size() && expected_by_us.compare(0, theirs.size(), theirs) == 0)) break;
   }
+  return theirs;
+}
+
+TEST_F(VisionImages, SameAnswerAsLlamaMtmdCli) {
+  // Same model, projector, image and prompt. stories260K has no chat
+  // template; both sides use ChatML.
+  const json ours = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
+  const std::string expected = ours["choices"][0]["message"]["content"];
+  ASSERT_FALSE(expected.empty());
+  const std::string theirs =
+      mtmd_cli_answer(stories_model(), TINY_MMPROJ, "Once upon a time", 32, expected, "--chat-template chatml");
   ASSERT_FALSE(theirs.empty());
   EXPECT_EQ(expected, theirs);
   // Again, now with the encoder output from the cache: still the same answer.
   const json cached = post_json(port(), image_body(photo_url_, "Once upon a time", 32));
   EXPECT_EQ(cached["choices"][0]["message"]["content"].get<std::string>(), theirs);
 }
+
+// Fully generated models (random weights, the chat template inside the
+// GGUF): a llama text model with the generated projector, and a gemma3 text
+// model with ggml's own tinygemma3 projector. Same answer as the CLI.
+class GeneratedVisionModels : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(GeneratedVisionModels, SameAnswerAsLlamaMtmdCli) {
+  const auto& [model, mmproj] = GetParam();
+  REQUIRE_MODEL(model);
+  REQUIRE_MODEL(mmproj);
+  REQUIRE_MODEL(photo_path());
+  ServerProcess server("vision:\n  model_path: " + model + "\n  mmproj_path: " + mmproj +
+                           "\n  parallel: 2\n  max_model_len: 1024\n",
+                       "vision");
+  wait_until_loaded(server.port());
+  const std::string photo = "data:image/jpeg;base64," + base64(read_file(photo_path()));
+  for (const std::string prompt : {"Once upon a time", "The dog ran"}) {
+    const json ours = post_json(server.port(), image_body(photo, prompt, 16));
+    const std::string expected = ours["choices"][0]["message"]["content"];
+    ASSERT_FALSE(expected.empty()) << ours;
+    EXPECT_EQ(expected, mtmd_cli_answer(model, mmproj, prompt, 16, expected)) << prompt;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Generated, GeneratedVisionModels,
+                         ::testing::Values(std::make_pair(std::string(TINY_LLAMA), std::string(TINY_MMPROJ)),
+                                           std::make_pair(std::string(TINY_GEMMA3),
+                                                          models_dir() + "/mmproj-tinygemma3.gguf")),
+                         [](const auto& info) { return info.index == 0 ? "llama" : "gemma3"; });
 
 TEST(VisionChatLimits, ShutdownCutsAGenerationPastTheGracePeriodCleanly) {
   REQUIRE_MODEL(stories_model());

@@ -238,6 +238,11 @@ std::string VlmEngine::render_prompt(const api::ChatRequest& request) const {
   common_chat_templates_inputs inputs;
   inputs.use_jinja = true;
   inputs.add_generation_prompt = true;
+  // Tokenizing adds BOS where the vocabulary asks for it; a template that
+  // writes one too (gemma's {{ bos_token }}) must not make it two.
+  const llama_vocab* vocab = llama_model_get_vocab(model_);
+  inputs.add_bos = llama_vocab_get_add_bos(vocab);
+  inputs.add_eos = llama_vocab_get_add_eos(vocab);
   for (const auto& message : request.messages) {
     common_chat_msg converted;
     converted.role = message.role == "developer" ? "system" : message.role;
