@@ -9,6 +9,11 @@ Uses llama.cpp's gguf-py (PYTHONPATH=third_party/llama.cpp/gguf-py) and
 Debian's python3-numpy. Same arguments, same bytes.
 
     gen_tiny_mmproj.py OUT.gguf [--text-embd 64] [--seed 1234]
+        [--image-size 32 --patch-size 2 --width 128 --blocks 4]
+
+The benchmark uses a larger LLaVA-type encoder (--projector mlp
+--image-size 224 --patch-size 14 --width 512 --blocks 8) so that encoding
+an image costs what it costs in real models relative to the text side.
 """
 import argparse
 import sys
@@ -22,10 +27,17 @@ def main() -> int:
     parser.add_argument("output")
     parser.add_argument("--text-embd", type=int, default=64, help="n_embd of the text model it feeds")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--patch-size", type=int, default=2)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--projector", choices=["gemma3", "mlp"], default="gemma3",
+                        help="gemma3 (pooled, non-causal image attention) or mlp (LLaVA 1.5)")
     args = parser.parse_args()
 
-    image_size, patch_size = 32, 2
-    width, ffn, blocks, heads = 128, 512, 4, 4
+    image_size, patch_size = args.image_size, args.patch_size
+    width, blocks, heads = args.width, args.blocks, 4
+    ffn = 4 * width
     n_patches = (image_size // patch_size) ** 2
     rng = np.random.RandomState(args.seed)
 
@@ -36,7 +48,7 @@ def main() -> int:
     writer.add_string("general.type", "clip-vision")
     writer.add_string("general.name", "mmserve tiny random projector")
     writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_string("clip.projector_type", args.projector)
     writer.add_uint32("clip.vision.image_size", image_size)
     writer.add_uint32("clip.vision.patch_size", patch_size)
     writer.add_uint32("clip.vision.embedding_length", width)
@@ -69,9 +81,16 @@ def main() -> int:
         writer.add_tensor(p + "ffn_down.bias", weight(width))
     writer.add_tensor("v.post_ln.weight", np.ones(width, np.float32))
     writer.add_tensor("v.post_ln.bias", np.zeros(width, np.float32))
-    writer.add_tensor("mm.soft_emb_norm.weight", np.ones(width, np.float32))
-    # Large enough that the image visibly steers the text model.
-    writer.add_tensor("mm.input_projection.weight", weight(args.text_embd, width, scale=0.5).T.copy())
+    if args.projector == "gemma3":
+        writer.add_tensor("mm.soft_emb_norm.weight", np.ones(width, np.float32))
+        # Large enough that the image visibly steers the text model.
+        writer.add_tensor("mm.input_projection.weight", weight(args.text_embd, width, scale=0.5).T.copy())
+    else:  # LLaVA's two-layer MLP: width -> hidden -> text_embd
+        hidden = 4 * args.text_embd
+        writer.add_tensor("mm.0.weight", weight(hidden, width, scale=0.1))
+        writer.add_tensor("mm.0.bias", weight(hidden))
+        writer.add_tensor("mm.2.weight", weight(args.text_embd, hidden, scale=0.5))
+        writer.add_tensor("mm.2.bias", weight(args.text_embd))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

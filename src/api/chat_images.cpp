@@ -72,9 +72,13 @@ prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy, S
       }
       const auto started = Clock::now();
       vlm::ImageInput input;
-      input.image = media::preprocess_image(bytes, policy.preprocess, param);
-      // The content hash names the image for the encoder-output and KV caches.
+      // The content hash names the image for the decoded-image, encoder-output and KV caches.
       input.id = hash_sha256_hex(bytes.data(), bytes.size());
+      input.image = policy.decoded->find(input.id);
+      if (!input.image) {
+        input.image = std::make_shared<const media::RgbImage>(media::preprocess_image(bytes, policy.preprocess, param));
+        policy.decoded->insert(input.id, input.image);
+      }
       metrics.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes.size()));
       metrics.image_processing_seconds.labels({"vision", "preprocess"}).observe(seconds_since(started));
       images.push_back(std::move(input));

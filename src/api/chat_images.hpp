@@ -6,6 +6,7 @@
 
 #include "api/chat_request.hpp"
 #include "core/config.hpp"
+#include "core/lru_cache.hpp"
 #include "core/server_metrics.hpp"
 #include "engines/vlm/vlm_engine.hpp"
 #include "media/image_preprocess.hpp"
@@ -13,11 +14,34 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <mutex>
+
 namespace mmserve::api {
+
+// Preprocessed images by content hash, shared by all requests: an image
+// sent again skips decoding and resizing.
+class DecodedImageCache {
+public:
+  explicit DecodedImageCache(uint64_t max_bytes)
+      : cache_(max_bytes, [](const media::RgbImage& image) { return image.pixels.size(); }) {}
+  std::shared_ptr<const media::RgbImage> find(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    return cache_.find(id);
+  }
+  void insert(const std::string& id, std::shared_ptr<const media::RgbImage> image) {
+    std::lock_guard lock(mutex_);
+    cache_.insert(id, std::move(image));
+  }
+
+private:
+  std::mutex mutex_;
+  LruCache<media::RgbImage> cache_;
+};
 
 struct ChatImagePolicy {
   media::FetchPolicy fetch;
   media::PreprocessPolicy preprocess;
+  std::shared_ptr<DecodedImageCache> decoded = std::make_shared<DecodedImageCache>(64ull << 20);
 };
 // Throws ConfigError for a value the config reader could not check alone.
 ChatImagePolicy chat_image_policy(const MediaConfig& media);

@@ -276,7 +276,7 @@ VlmEngine::Submission VlmEngine::submit(const api::ChatRequest& request, std::ve
     throw std::logic_error("VlmEngine::submit: one ImageInput per image part is required");
   }
   for (auto& input : images) {
-    mtmd_bitmap* bitmap = mtmd_bitmap_init(input.image.width, input.image.height, input.image.pixels.data());
+    mtmd_bitmap* bitmap = mtmd_bitmap_init(input.image->width, input.image->height, input.image->pixels.data());
     mtmd_bitmap_set_id(bitmap, input.id.c_str());
     job->images.emplace_back(bitmap);
   }

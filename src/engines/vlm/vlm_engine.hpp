@@ -47,7 +47,7 @@ struct EngineOptions {
 // One image of a request, decoded and preprocessed; `id` is the content
 // hash that keys the encoder-output and prompt caches.
 struct ImageInput {
-  media::RgbImage image;
+  std::shared_ptr<const media::RgbImage> image;
   std::string id;
 };
 
