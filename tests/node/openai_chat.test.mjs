@@ -4,7 +4,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -23,6 +25,28 @@ let server;
 let client;
 let imageServer;
 let imageBase;
+let httpsServers = [];
+let trustedHttpsBase;
+let untrustedHttpsBase;
+
+// A self-signed certificate for 127.0.0.1 and localhost, made with openssl.
+function selfSignedCertificate(dir, name) {
+  const key = path.join(dir, `${name}.key`);
+  const cert = path.join(dir, `${name}.pem`);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' });
+  return { key: readFileSync(key), cert: readFileSync(cert), certPath: cert };
+}
+
+async function serveImageOverHttps(tls, jpeg) {
+  const server = createHttpsServer({ key: tls.key, cert: tls.cert }, (request, response) => {
+    response.writeHead(200, { 'Content-Type': 'image/jpeg', 'Content-Length': jpeg.length });
+    response.end(jpeg);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  httpsServers.push(server);
+  return `https://localhost:${server.address().port}`;
+}
 
 function freePort() {
   return new Promise((resolve) => {
@@ -51,11 +75,17 @@ before(async () => {
   // The projector (when generated) makes stories260K a vision-language model;
   // image URLs on 127.0.0.1 are opened for the local image server below.
   const projector = existsSync(mmproj) ? `  mmproj_path: ${mmproj}\n` : '';
+  // Two HTTPS image servers: one whose certificate mmserve is told to trust
+  // (media.fetch.ca_file), one it is not.
+  const trusted = selfSignedCertificate(dir, 'trusted');
+  const untrusted = selfSignedCertificate(dir, 'untrusted');
   writeFileSync(path.join(dir, 'mmserve.yaml'),
     `vision:\n  model_path: ${model}\n  max_model_len: 1024\n${projector}` +
-    `media:\n  fetch:\n    allow_networks: [127.0.0.1/32]\n    timeout: 5s\n`);
+    `media:\n  fetch:\n    allow_networks: [127.0.0.1/32, '::1/128']\n    timeout: 5s\n    ca_file: ${trusted.certPath}\n`);
   if (existsSync(photo)) {
     const jpeg = readFileSync(photo);
+    trustedHttpsBase = await serveImageOverHttps(trusted, jpeg);
+    untrustedHttpsBase = await serveImageOverHttps(untrusted, jpeg);
     imageServer = createHttpServer((request, response) => {
       if (request.url === '/moon.jpg') {
         response.writeHead(200, { 'Content-Type': 'image/jpeg', 'Content-Length': jpeg.length });
@@ -79,6 +109,7 @@ before(async () => {
 
 after(async () => {
   if (imageServer) imageServer.close();
+  for (const https of httpsServers) https.close();
   if (!server) return;
   const exited = new Promise((resolve) => server.on('exit', resolve));
   server.kill('SIGTERM');
@@ -202,4 +233,13 @@ test('bad images raise SDK errors and the server goes on', { skip: skipImages },
     (error) => error instanceof OpenAI.BadRequestError && error.code === 'invalid_image');
   const ok = await askAboutImage(photoDataUri());
   assert.equal(ok.usage.completion_tokens, 12);
+});
+
+test('image over HTTPS: a trusted certificate is fetched, an untrusted one refused', { skip: skipImages }, async () => {
+  const inline = await askAboutImage(photoDataUri());
+  const byHttps = await askAboutImage(`${trustedHttpsBase}/moon.jpg`);
+  assert.equal(byHttps.choices[0].message.content, inline.choices[0].message.content);
+  await assert.rejects(askAboutImage(`${untrustedHttpsBase}/moon.jpg`),
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'image_fetch_failed' &&
+      /certificate/.test(error.message));
 });
