@@ -54,12 +54,10 @@ public:
     options.gpu_count = config.vision.gpu_count;
     options.tensor_split = config.vision.tensor_split;
     options.image_cache_bytes = config.vision.image_cache_bytes;
-    if (config.vision.dtype != "auto") {
-      // vLLM converts weights at load; a GGUF file already fixes their type.
-      spdlog::info("vision.dtype {}: GGUF weights load in the type stored in the file; for 8-bit weights use "
-                   "LOAD_8BIT, for another type a file of that type",
-                   config.vision.dtype);
+    if (config.vision.dtype != "auto" && config.vision.load_8bit) {
+      spdlog::info("vision.dtype {} is overridden by LOAD_8BIT: the weights load as Q8_0", config.vision.dtype);
     }
+    dtype_ = config.vision.dtype;
     load_8bit_ = config.vision.load_8bit;
     cache_dir_ = config.models_dir + "/cache";
     loader_ = std::thread([this, options, &metrics] { load(options, metrics); });
@@ -86,7 +84,12 @@ private:
     int last_percent = -1;
     const auto started = std::chrono::steady_clock::now();
     try {
-      if (load_8bit_) options.model_path = vlm::ensure_q8_0(options.model_path, cache_dir_);
+      if (load_8bit_) {
+        options.model_path = vlm::ensure_q8_0(options.model_path, cache_dir_);
+      } else if (dtype_ != "auto") {
+        // vLLM converts weights to --dtype at load; here the GGUF is converted once into the cache.
+        options.model_path = vlm::ensure_weight_type(options.model_path, cache_dir_, vlm::weight_type_of_dtype(dtype_));
+      }
       auto engine = std::make_shared<vlm::VlmEngine>(options, metrics, [&](float progress) {
         const int percent = static_cast<int>(progress * 100);
         if (percent / 10 == last_percent / 10 && percent != 100) return;
@@ -117,6 +120,7 @@ private:
   ModelBoard& board_;
   ModelStatus status_;
   bool load_8bit_ = false;
+  std::string dtype_ = "auto";
   std::string cache_dir_;
   std::mutex mutex_;
   std::shared_ptr<vlm::VlmEngine> engine_;

@@ -530,13 +530,29 @@ TEST(VisionLoad8Bit, QuantizesOnceIntoTheModelCacheAndReusesIt) {
     wait_until_loaded(server.port());
     EXPECT_TRUE(std::filesystem::exists(q8)) << server.log();
     EXPECT_LT(std::filesystem::file_size(q8), std::filesystem::file_size(stories_model()) / 2);
-    EXPECT_NE(server.log().find("quantizing to Q8_0:"), std::string::npos) << server.log(); // progress lines
+    EXPECT_NE(server.log().find("converting to Q8_0:"), std::string::npos) << server.log(); // progress lines
     EXPECT_EQ(post_json(server.port(), chat_body("Once upon a time", 8))["usage"]["completion_tokens"], 8);
   }
   ServerProcess again("vision: {parallel: 1, max_model_len: 512}\n", "vision", env);
   wait_until_loaded(again.port());
   EXPECT_NE(again.log().find("using the Q8_0 copy in the model cache"), std::string::npos) << again.log();
-  EXPECT_EQ(again.log().find("quantizing '"), std::string::npos) << again.log();
+  EXPECT_EQ(again.log().find("converting '"), std::string::npos) << again.log();
+  std::filesystem::remove_all(models);
+}
+
+TEST(VisionDtype, HalfConvertsTheWeightsOnceLikeVllm) {
+  REQUIRE_MODEL(stories_model());
+  const std::string models = make_temp_dir("mmserve-models");
+  const std::map<std::string, std::string> env = {{"MODEL_PATH", stories_model()}, {"MMSERVE_MODELS", models}};
+  const std::string f16 = models + "/cache/stories260K.f16.gguf";
+  ServerProcess server("vision: {parallel: 1, max_model_len: 512}\n", "vision", env, {"--dtype", "half"});
+  wait_until_loaded(server.port());
+  ASSERT_TRUE(std::filesystem::exists(f16)) << server.log();
+  // The 2-D weights are now 2 bytes each (norms stay f32): well under the f32 file.
+  EXPECT_LT(std::filesystem::file_size(f16), std::filesystem::file_size(stories_model()) * 3 / 4);
+  EXPECT_NE(server.log().find("converting to F16:"), std::string::npos) << server.log();
+  const json answer = post_json(server.port(), chat_body("Once upon a time", 8));
+  EXPECT_EQ(answer["usage"]["completion_tokens"], 8);
   std::filesystem::remove_all(models);
 }
 
