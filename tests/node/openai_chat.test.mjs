@@ -1,25 +1,25 @@
 // mmserve's chat completions through the official openai SDK, against the
 // real binary on a real trained model (stories260K).
+import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import {execFileSync, spawn} from 'node:child_process';
-import {existsSync, mkdtempSync, readFileSync, writeFileSync} from 'node:fs';
-import {createServer as createHttpServer} from 'node:http';
-import {createServer as createHttpsServer} from 'node:https';
-import {createServer} from 'node:net';
-import {tmpdir} from 'node:os';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
-import {after, before, test} from 'node:test';
 import OpenAI from 'openai';
 
 const binary = process.env.MMSERVE_BIN;
-const modelsDir =
-    process.env.MMSERVE_TEST_MODELS || path.resolve(process.env.MMSERVE_SOURCE_DIR || '.', '../shared/models');
+const modelsDir = process.env.MMSERVE_TEST_MODELS || path.resolve(process.env.MMSERVE_SOURCE_DIR || '.', '../shared/models');
 const model = path.join(modelsDir, 'stories260K.gguf');
 const skip = !existsSync(model) && `model file absent, skipping: ${model}`;
 const mmproj = process.env.MMSERVE_TEST_MMPROJ || '';
 const photo = path.resolve(modelsDir, '../media/newspaper-moon.jpeg');
 const skipImages = skip || (!existsSync(mmproj) && `generated projector absent, skipping: ${mmproj}`) ||
-                   (!existsSync(photo) && `test image absent, skipping: ${photo}`);
+  (!existsSync(photo) && `test image absent, skipping: ${photo}`);
 
 let server;
 let client;
@@ -33,18 +33,14 @@ let untrustedHttpsBase;
 function selfSignedCertificate(dir, name) {
   const key = path.join(dir, `${name}.key`);
   const cert = path.join(dir, `${name}.pem`);
-  execFileSync('openssl',
-               [
-                 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj',
-                 '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'
-               ],
-               {stdio : 'ignore'});
-  return {key : readFileSync(key), cert : readFileSync(cert), certPath : cert};
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' });
+  return { key: readFileSync(key), cert: readFileSync(cert), certPath: cert };
 }
 
 async function serveImageOverHttps(tls, jpeg) {
-  const server = createHttpsServer({key : tls.key, cert : tls.cert}, (request, response) => {
-    response.writeHead(200, {'Content-Type' : 'image/jpeg', 'Content-Length' : jpeg.length});
+  const server = createHttpsServer({ key: tls.key, cert: tls.cert }, (request, response) => {
+    response.writeHead(200, { 'Content-Type': 'image/jpeg', 'Content-Length': jpeg.length });
     response.end(jpeg);
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -55,7 +51,7 @@ async function serveImageOverHttps(tls, jpeg) {
 function freePort() {
   return new Promise((resolve) => {
     const probe = createServer().listen(0, '127.0.0.1', () => {
-      const {port} = probe.address();
+      const { port } = probe.address();
       probe.close(() => resolve(port));
     });
   });
@@ -66,8 +62,7 @@ async function waitReady(baseUrl) {
     try {
       const response = await fetch(`${baseUrl}/readyz`);
       if (response.status === 200) return;
-    } catch {
-    }
+    } catch {}
     await new Promise((r) => setTimeout(r, 20));
   }
   throw new Error('mmserve did not become ready');
@@ -85,16 +80,15 @@ before(async () => {
   const trusted = selfSignedCertificate(dir, 'trusted');
   const untrusted = selfSignedCertificate(dir, 'untrusted');
   writeFileSync(path.join(dir, 'mmserve.yaml'),
-                `vision:\n  model_path: ${model}\n  max_model_len: 1024\n${projector}` +
-                    `media:\n  fetch:\n    allow_networks: [127.0.0.1/32, '::1/128']\n    timeout: 5s\n    ca_file: ${
-                        trusted.certPath}\n`);
+    `vision:\n  model_path: ${model}\n  max_model_len: 1024\n${projector}` +
+    `media:\n  fetch:\n    allow_networks: [127.0.0.1/32, '::1/128']\n    timeout: 5s\n    ca_file: ${trusted.certPath}\n`);
   if (existsSync(photo)) {
     const jpeg = readFileSync(photo);
     trustedHttpsBase = await serveImageOverHttps(trusted, jpeg);
     untrustedHttpsBase = await serveImageOverHttps(untrusted, jpeg);
     imageServer = createHttpServer((request, response) => {
       if (request.url === '/moon.jpg') {
-        response.writeHead(200, {'Content-Type' : 'image/jpeg', 'Content-Length' : jpeg.length});
+        response.writeHead(200, { 'Content-Type': 'image/jpeg', 'Content-Length': jpeg.length });
         response.end(jpeg);
       } else {
         response.writeHead(404).end('not found');
@@ -104,40 +98,38 @@ before(async () => {
     imageBase = `http://127.0.0.1:${imageServer.address().port}`;
   }
   const port = await freePort();
-  server = spawn(binary, [ 'vision', '--config', path.join(dir, 'mmserve.yaml'), '--port', String(port) ], {
-    stdio : [ 'ignore', 'ignore', 'inherit' ],
-    env : {...process.env, HOME : dir},
+  server = spawn(binary, ['vision', '--config', path.join(dir, 'mmserve.yaml'), '--port', String(port)], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, HOME: dir },
   });
   const baseUrl = `http://127.0.0.1:${port}`;
   await waitReady(baseUrl);
-  client = new OpenAI({baseURL : `${baseUrl}/v1`, apiKey : 'unused', maxRetries : 0});
+  client = new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
 
 after(async () => {
   if (imageServer) imageServer.close();
-  for (const https of httpsServers)
-    https.close();
+  for (const https of httpsServers) https.close();
   if (!server) return;
   const exited = new Promise((resolve) => server.on('exit', resolve));
   server.kill('SIGTERM');
   assert.equal(await exited, 0);
 });
 
-test('models.list shows the loaded model', {skip}, async () => {
+test('models.list shows the loaded model', { skip }, async () => {
   const models = [];
-  for await (const m of client.models.list())
-    models.push(m);
+  for await (const m of client.models.list()) models.push(m);
   assert.equal(models.length, 1);
   assert.equal(models[0].id, 'stories260K');
   assert.equal(models[0].object, 'model');
 });
 
-test('chat.completions.create, non-streaming', {skip}, async () => {
+test('chat.completions.create, non-streaming', { skip }, async () => {
   const completion = await client.chat.completions.create({
-    model : 'stories260K',
-    messages : [ {role : 'user', content : 'Once upon a time'} ],
-    max_tokens : 24,
-    temperature : 0,
+    model: 'stories260K',
+    messages: [{ role: 'user', content: 'Once upon a time' }],
+    max_tokens: 24,
+    temperature: 0,
   });
   assert.equal(completion.object, 'chat.completion');
   assert.equal(completion.choices[0].message.role, 'assistant');
@@ -146,16 +138,10 @@ test('chat.completions.create, non-streaming', {skip}, async () => {
   assert.equal(completion.usage.completion_tokens, 24);
 });
 
-test('chat.completions.create, streaming with usage equals the whole answer', {skip}, async () => {
-  const request = {
-    model : 'stories260K',
-    messages : [ {role : 'user', content : 'The little dog'} ],
-    max_tokens : 20,
-    temperature : 0
-  };
+test('chat.completions.create, streaming with usage equals the whole answer', { skip }, async () => {
+  const request = { model: 'stories260K', messages: [{ role: 'user', content: 'The little dog' }], max_tokens: 20, temperature: 0 };
   const whole = await client.chat.completions.create(request);
-  const stream =
-      await client.chat.completions.create({...request, stream : true, stream_options : {include_usage : true}});
+  const stream = await client.chat.completions.create({ ...request, stream: true, stream_options: { include_usage: true } });
   let text = '';
   let finish = null;
   let usage = null;
@@ -171,102 +157,89 @@ test('chat.completions.create, streaming with usage equals the whole answer', {s
   assert.equal(usage.completion_tokens, 20);
 });
 
-test('two concurrent requests both complete', {skip}, async () => {
+test('two concurrent requests both complete', { skip }, async () => {
   const ask = () => client.chat.completions.create({
-    model : 'stories260K',
-    messages : [ {role : 'user', content : 'Once upon a time'} ],
-    max_tokens : 16,
-    temperature : 0,
+    model: 'stories260K', messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 16, temperature: 0,
   });
-  const [a, b] = await Promise.all([ ask(), ask() ]);
+  const [a, b] = await Promise.all([ask(), ask()]);
   assert.equal(a.usage.completion_tokens, 16);
   assert.equal(b.usage.completion_tokens, 16);
 });
 
-test('bad inputs raise the SDK errors with OpenAI fields', {skip}, async () => {
+test('bad inputs raise the SDK errors with OpenAI fields', { skip }, async () => {
   await assert.rejects(
-      client.chat.completions.create({model : 'stories260K', messages : []}),
-      (error) => error instanceof OpenAI.BadRequestError && error.status === 400 && error.param === 'messages',
+    client.chat.completions.create({ model: 'stories260K', messages: [] }),
+    (error) => error instanceof OpenAI.BadRequestError && error.status === 400 && error.param === 'messages',
   );
   await assert.rejects(
-      client.chat.completions.create({model : 'no-such-model', messages : [ {role : 'user', content : 'hi'} ]}),
-      (error) => error instanceof OpenAI.NotFoundError && error.code === 'model_not_found',
+    client.chat.completions.create({ model: 'no-such-model', messages: [{ role: 'user', content: 'hi' }] }),
+    (error) => error instanceof OpenAI.NotFoundError && error.code === 'model_not_found',
   );
   await assert.rejects(
-      client.chat.completions.create(
-          {model : 'stories260K', messages : [ {role : 'user', content : 'hi'} ], temperature : 9}),
-      (error) => error.status === 400 && error.param === 'temperature',
+    client.chat.completions.create({ model: 'stories260K', messages: [{ role: 'user', content: 'hi' }], temperature: 9 }),
+    (error) => error.status === 400 && error.param === 'temperature',
   );
   // Still serving.
-  const ok = await client.chat.completions.create(
-      {model : 'stories260K', messages : [ {role : 'user', content : 'hi'} ], max_tokens : 2});
+  const ok = await client.chat.completions.create({ model: 'stories260K', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 });
   assert.equal(ok.usage.completion_tokens, 2);
 });
 
 const photoDataUri = () => `data:image/jpeg;base64,${readFileSync(photo).toString('base64')}`;
 const askAboutImage = (url, extra = {}) => client.chat.completions.create({
-  model : 'stories260K',
-  messages : [ {
-    role : 'user',
-    content : [
-      {type : 'image_url', image_url : {url, detail : 'auto'}},
-      {type : 'text', text : 'Once upon a time'},
-    ]
-  } ],
-  max_tokens : 12,
-  temperature : 0,
+  model: 'stories260K',
+  messages: [{ role: 'user', content: [
+    { type: 'image_url', image_url: { url, detail: 'auto' } },
+    { type: 'text', text: 'Once upon a time' },
+  ] }],
+  max_tokens: 12,
+  temperature: 0,
   ...extra,
 });
 
-test('image as a data URI: streamed and whole answers agree', {skip : skipImages}, async () => {
+test('image as a data URI: streamed and whole answers agree', { skip: skipImages }, async () => {
   const whole = await askAboutImage(photoDataUri());
   const textOnly = await client.chat.completions.create({
-    model : 'stories260K',
-    messages : [ {role : 'user', content : 'Once upon a time'} ],
-    max_tokens : 12,
-    temperature : 0,
+    model: 'stories260K', messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 12, temperature: 0,
   });
   // The image's embeddings are in the prompt (the projector yields 256).
   assert.ok(whole.usage.prompt_tokens >= textOnly.usage.prompt_tokens + 256, JSON.stringify(whole.usage));
-  const stream = await askAboutImage(photoDataUri(), {stream : true, stream_options : {include_usage : true}});
+  const stream = await askAboutImage(photoDataUri(), { stream: true, stream_options: { include_usage: true } });
   let text = '';
   let usage = null;
   for await (const chunk of stream) {
     if (chunk.usage) usage = chunk.usage;
-    for (const choice of chunk.choices)
-      text += choice.delta.content ?? '';
+    for (const choice of chunk.choices) text += choice.delta.content ?? '';
   }
   assert.equal(text, whole.choices[0].message.content);
   assert.deepEqual(usage, whole.usage);
 });
 
-test('image as a URL from a local web server answers like the same bytes inline', {skip : skipImages}, async () => {
+test('image as a URL from a local web server answers like the same bytes inline', { skip: skipImages }, async () => {
   const inline = await askAboutImage(photoDataUri());
-  const [byUrl, again] =
-      await Promise.all([ askAboutImage(`${imageBase}/moon.jpg`), askAboutImage(`${imageBase}/moon.jpg`) ]);
+  const [byUrl, again] = await Promise.all([askAboutImage(`${imageBase}/moon.jpg`), askAboutImage(`${imageBase}/moon.jpg`)]);
   assert.equal(byUrl.choices[0].message.content, inline.choices[0].message.content);
   assert.equal(again.choices[0].message.content, inline.choices[0].message.content);
 });
 
-test('bad images raise SDK errors and the server goes on', {skip : skipImages}, async () => {
+test('bad images raise SDK errors and the server goes on', { skip: skipImages }, async () => {
   await assert.rejects(askAboutImage('http://169.254.169.254/latest/meta-data/'),
-                       (error) => error instanceof OpenAI.BadRequestError && error.code === 'url_not_allowed' &&
-                                  error.param === 'messages[0].content[0].image_url.url');
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'url_not_allowed' &&
+      error.param === 'messages[0].content[0].image_url.url');
   await assert.rejects(askAboutImage(`${imageBase}/missing.jpg`),
-                       (error) => error instanceof OpenAI.BadRequestError && error.code === 'image_fetch_failed');
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'image_fetch_failed');
   await assert.rejects(askAboutImage(`data:image/png;base64,${Buffer.from('a text file').toString('base64')}`),
-                       (error) => error.status === 415 && error.code === 'unsupported_image_format');
+    (error) => error.status === 415 && error.code === 'unsupported_image_format');
   await assert.rejects(askAboutImage('data:image/png;base64,@@@'),
-                       (error) => error instanceof OpenAI.BadRequestError && error.code === 'invalid_image');
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'invalid_image');
   const ok = await askAboutImage(photoDataUri());
   assert.equal(ok.usage.completion_tokens, 12);
 });
 
-test('image over HTTPS: a trusted certificate is fetched, an untrusted one refused', {skip : skipImages}, async () => {
+test('image over HTTPS: a trusted certificate is fetched, an untrusted one refused', { skip: skipImages }, async () => {
   const inline = await askAboutImage(photoDataUri());
   const byHttps = await askAboutImage(`${trustedHttpsBase}/moon.jpg`);
   assert.equal(byHttps.choices[0].message.content, inline.choices[0].message.content);
   await assert.rejects(askAboutImage(`${untrustedHttpsBase}/moon.jpg`),
-                       (error) => error instanceof OpenAI.BadRequestError && error.code === 'image_fetch_failed' &&
-                                  /certificate/.test(error.message));
+    (error) => error instanceof OpenAI.BadRequestError && error.code === 'image_fetch_failed' &&
+      /certificate/.test(error.message));
 });
