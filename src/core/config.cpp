@@ -39,18 +39,13 @@ public:
     return Section(child, full(key), source_);
   }
 
-  std::optional<YAML::Node> sequence(const std::string& key) {
-    const auto child = lookup(key);
-    if (!child || child.IsNull()) return std::nullopt;
-    if (!child.IsSequence()) fail_at(full(key), "must be a list");
-    return child;
-  }
-  std::optional<std::string> scalar_text(const std::string& key) {
-    if (auto child = scalar(key)) return child->Scalar();
-    return std::nullopt;
-  }
-  [[noreturn]] void fail_value(const std::string& key, const std::string& value, const std::string& allowed) const {
-    fail(key, value, allowed);
+  // A string that `valid` accepts; `expected` says what is allowed.
+  void read_checked(const std::string& key, std::string& out, const std::function<bool(const std::string&)>& valid,
+                    const std::string& expected) {
+    if (auto child = scalar(key)) {
+      if (!valid(child->Scalar())) fail(key, child->Scalar(), expected);
+      out = child->Scalar();
+    }
   }
   void read(const std::string& key, std::string& out) {
     if (auto child = scalar(key)) out = child->Scalar();
@@ -118,17 +113,19 @@ public:
     out = values;
   }
 
-  void read_list(const std::string& key, std::vector<std::string>& out,
-                 const std::function<bool(const std::string&)>& valid, const std::string& expected) {
+  // A list whose items `parse` turns into values (nullopt: invalid).
+  template <typename T>
+  void read_list(const std::string& key, std::vector<T>& out,
+                 const std::function<std::optional<T>(const std::string&)>& parse, const std::string& expected) {
     const auto child = lookup(key);
     if (!child || child.IsNull()) return;
     if (!child.IsSequence()) fail_at(full(key), "must be a list of " + expected);
-    std::vector<std::string> values;
+    std::vector<T> values;
     for (const auto& item : child) {
-      if (!item.IsScalar() || !valid(item.Scalar())) {
-        fail(key, item.IsScalar() ? item.Scalar() : std::string("(not a value)"), expected);
-      }
-      values.push_back(item.Scalar());
+      const std::string text = item.IsScalar() ? item.Scalar() : std::string("(not a value)");
+      const auto value = item.IsScalar() ? parse(text) : std::nullopt;
+      if (!value) fail(key, text, expected);
+      values.push_back(*value);
     }
     out = values;
   }
@@ -180,10 +177,9 @@ void read_media(Section& root, MediaConfig& media) {
     pre->read_enum("resize_mode", media.resize_mode, {"fit", "crop", "pad"});
     pre->read("normalize", media.normalize);
     pre->read_bytes("max_pixels", media.max_pixels, 1);
-    if (auto colour = pre->scalar_text("background")) {
-      if (!parse_hex_colour(*colour)) pre->fail_value("background", *colour, "a colour as #rrggbb");
-      media.background = *colour;
-    }
+    pre->read_checked(
+        "background", media.background, [](const std::string& text) { return parse_hex_colour(text).has_value(); },
+        "a colour as #rrggbb");
     pre->finish();
   }
   if (auto storage = root.section("storage")) {
@@ -196,9 +192,12 @@ void read_media(Section& root, MediaConfig& media) {
     fetch->read_bytes("max_bytes", media.fetch_max_bytes, 1);
     fetch->read_seconds("timeout", media.fetch_timeout_s, 0.001);
     fetch->read_int("max_redirects", media.fetch_max_redirects, 0, 20);
-    fetch->read_list(
+    fetch->read_list<std::string>(
         "allow_networks", media.fetch_allow_networks,
-        [](const std::string& text) { return media::parse_network(text).has_value(); },
+        [](const std::string& text) -> std::optional<std::string> {
+          if (!media::parse_network(text)) return std::nullopt;
+          return text;
+        },
         "networks in CIDR form, e.g. 127.0.0.0/8, 10.1.2.3, fd00::/8");
     fetch->read("ca_file", media.fetch_ca_file);
     fetch->finish();
@@ -292,18 +291,15 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s->read_int("parallel", c.parallel, 1, 256);
     s->read_int("max_queue", c.max_queue, 0, 100000);
     s->read_int("gpu_count", c.gpu_count, 0, 64);
-    if (const auto child = s->sequence("tensor_split")) {
-      c.tensor_split.clear();
-      for (const auto& item : *child) {
-        char* end = nullptr;
-        const std::string text = item.IsScalar() ? item.Scalar() : "";
-        const double share = std::strtod(text.c_str(), &end);
-        if (text.empty() || *end != '\0' || !(share >= 0)) {
-          s->fail_value("tensor_split", text, "a list of non-negative numbers, one share per GPU, e.g. [3, 1]");
-        }
-        c.tensor_split.push_back(share);
-      }
-    }
+    s->read_list<double>(
+        "tensor_split", c.tensor_split,
+        [](const std::string& text) -> std::optional<double> {
+          char* end = nullptr;
+          const double share = std::strtod(text.c_str(), &end);
+          if (text.empty() || *end != '\0' || !(share >= 0)) return std::nullopt;
+          return share;
+        },
+        "non-negative numbers, one share per GPU, e.g. [3, 1]");
     s->read_int("threads", c.threads, 0, 1024);
     s->read_bytes("image_cache_size", c.image_cache_bytes);
     s->finish();
