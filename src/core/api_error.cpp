@@ -35,8 +35,8 @@ ApiError ApiError::method_not_allowed(std::string message) {
 ApiError ApiError::payload_too_large(std::string message) {
   return {413, std::move(message), "invalid_request_error", "payload_too_large"};
 }
-ApiError ApiError::unsupported_media_type(std::string message, std::optional<std::string> param) {
-  return {415, std::move(message), "invalid_request_error", "unsupported_media_type", std::move(param)};
+ApiError ApiError::unsupported_media_type(std::string message, std::optional<std::string> param, std::string code) {
+  return {415, std::move(message), "invalid_request_error", std::move(code), std::move(param)};
 }
 ApiError ApiError::unprocessable(std::string message, std::optional<std::string> param) {
   return {422, std::move(message), "invalid_request_error", "unprocessable_entity", std::move(param)};

@@ -35,7 +35,8 @@ public:
   static ApiError not_found(std::string message, std::string code = "not_found");
   static ApiError method_not_allowed(std::string message);
   static ApiError payload_too_large(std::string message);
-  static ApiError unsupported_media_type(std::string message, std::optional<std::string> param = std::nullopt);
+  static ApiError unsupported_media_type(std::string message, std::optional<std::string> param = std::nullopt,
+                                         std::string code = "unsupported_media_type");
   static ApiError unprocessable(std::string message, std::optional<std::string> param = std::nullopt);
   static ApiError too_many_requests(std::string message, int retry_after_seconds);
   static ApiError header_too_large(std::string message);

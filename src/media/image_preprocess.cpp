@@ -146,10 +146,9 @@ RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy
   }
   const auto format = sniff_image_format(bytes);
   if (!format || std::find(supported.begin(), supported.end(), *format) == supported.end()) {
-    throw ApiError(415,
-                   fmt::format("Unsupported image format{}: supported formats are {}.",
-                               format ? " '" + *format + "'" : "", fmt::join(supported, ", ")),
-                   "invalid_request_error", "unsupported_image_format", param);
+    throw ApiError::unsupported_media_type(fmt::format("Unsupported image format{}: supported formats are {}.",
+                                                       format ? " '" + *format + "'" : "", fmt::join(supported, ", ")),
+                                           param, "unsupported_image_format");
   }
   const auto invalid = [&](const std::string& why) {
     return ApiError::bad_request(fmt::format("The {} image could not be decoded: {}", *format, why), param,
