@@ -14,6 +14,10 @@
 
 #include <fmt/format.h>
 
+#include <map>
+#include <memory>
+#include <mutex>
+
 namespace mmserve::media {
 namespace {
 
@@ -161,6 +165,23 @@ net::awaitable<Response> send_get(Stream& stream, const Url& url, const FetchPol
   co_return response;
 }
 
+// One TLS client context per CA configuration, built on first use: loading
+// the system's CA store is file I/O that every https fetch would repeat.
+std::shared_ptr<net::ssl::context> tls_client_context(const std::string& ca_file) {
+  static std::mutex mutex;
+  static std::map<std::string, std::shared_ptr<net::ssl::context>> contexts;
+  std::lock_guard lock(mutex);
+  auto& context = contexts[ca_file];
+  if (!context) {
+    auto fresh = std::make_shared<net::ssl::context>(net::ssl::context::tls_client);
+    fresh->set_default_verify_paths();
+    if (!ca_file.empty()) fresh->load_verify_file(ca_file);
+    fresh->set_verify_mode(net::ssl::verify_peer);
+    context = std::move(fresh);
+  }
+  return context;
+}
+
 // DNS with a deadline: the resolver is cancelled when the timer fires first.
 net::awaitable<tcp::resolver::results_type> resolve(const Url& url, Clock::time_point deadline) {
   auto executor = co_await net::this_coro::executor;
@@ -282,11 +303,8 @@ net::awaitable<FetchedBody> fetch_url(std::string text, const FetchPolicy& polic
       if (url->scheme == "http") {
         response = co_await send_get(tcp_stream, *url, policy, current, param);
       } else {
-        net::ssl::context tls(net::ssl::context::tls_client);
-        tls.set_default_verify_paths();
-        if (!policy.ca_file.empty()) tls.load_verify_file(policy.ca_file);
-        tls.set_verify_mode(net::ssl::verify_peer);
-        beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), tls);
+        const auto tls = tls_client_context(policy.ca_file);
+        beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), *tls);
         if (!SSL_set_tlsext_host_name(stream.native_handle(), url->host.c_str())) {
           throw fetch_failed(current, "TLS server name could not be set", param);
         }
