@@ -40,3 +40,24 @@ target_include_directories(whisper PUBLIC
 target_compile_definitions(whisper PRIVATE WHISPER_VERSION="${MMSERVE_WHISPER_VERSION}")
 target_link_libraries(whisper PUBLIC ggml Threads::Threads)
 set_target_properties(whisper PROPERTIES CXX_STANDARD 17)
+
+# whisper.cpp's own CLI, server and quantizer (the reference peers of the
+# parity tests and benchmarks), built only when a test or bench target needs
+# them. Audio is decoded by miniaudio in common-whisper.cpp (wav/mp3/flac):
+# no FFmpeg. The examples' library is not called `common`: llama.cpp has one.
+set(MMSERVE_WHISPER_EXAMPLES "${MMSERVE_THIRD_PARTY}/whisper.cpp/examples")
+add_library(whisper-examples-common STATIC EXCLUDE_FROM_ALL
+  "${MMSERVE_WHISPER_EXAMPLES}/common.cpp"
+  "${MMSERVE_WHISPER_EXAMPLES}/common-ggml.cpp"
+  "${MMSERVE_WHISPER_EXAMPLES}/common-whisper.cpp"
+  "${MMSERVE_WHISPER_EXAMPLES}/grammar-parser.cpp")
+target_include_directories(whisper-examples-common PUBLIC "${MMSERVE_WHISPER_EXAMPLES}")
+target_link_libraries(whisper-examples-common PUBLIC whisper ${CMAKE_DL_LIBS})
+set_target_properties(whisper-examples-common PROPERTIES CXX_STANDARD 17)
+foreach(spec "whisper-cli;cli/cli.cpp" "whisper-server;server/server.cpp" "whisper-quantize;quantize/quantize.cpp")
+  list(GET spec 0 _target)
+  list(GET spec 1 _source)
+  add_executable(${_target} EXCLUDE_FROM_ALL "${MMSERVE_WHISPER_EXAMPLES}/${_source}")
+  target_link_libraries(${_target} PRIVATE whisper-examples-common whisper Threads::Threads)
+  set_target_properties(${_target} PROPERTIES CXX_STANDARD 17 RUNTIME_OUTPUT_DIRECTORY "${CMAKE_BINARY_DIR}/bin")
+endforeach()

@@ -13,13 +13,15 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # ---- Debian packages ---------------------------------------------------------
 # Build: compiler toolchain, CMake, the libraries DESIGN.md names.
-# Test: promtool (prometheus), python3-numpy (model generators).
+# Test: promtool (prometheus), python3-numpy (model generators), ffmpeg and
+# espeak-ng (audio fixtures made at test time).
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
   libboost-dev nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
   libssl-dev libvips-dev
+  libavformat-dev libavcodec-dev libswresample-dev libavutil-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  prometheus python3 python3-numpy
+  prometheus python3 python3-numpy ffmpeg espeak-ng
   nodejs npm openssl
 )
 

@@ -1,5 +1,7 @@
 #include "api/chat_completion.hpp"
 
+#include "api/engine_response.hpp"
+
 #include <boost/asio/this_coro.hpp>
 #include <chrono>
 #include <fmt/format.h>
@@ -17,18 +19,7 @@ nlohmann::json usage_of(const vlm::GenerationEvent& done) {
           {"total_tokens", done.prompt_tokens + done.completion_tokens}};
 }
 
-std::string sse(const nlohmann::json& payload) {
-  return "data: " + payload.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
-}
-
-// Cancels the engine job unless the response completed (client gone, error).
-struct CancelOnExit {
-  std::shared_ptr<vlm::Job> job;
-  bool completed = false;
-  ~CancelOnExit() {
-    if (!completed) vlm::VlmEngine::cancel(job);
-  }
-};
+using JobGuard = CancelOnExit<vlm::VlmEngine, vlm::Job>;
 
 // The engine's next events, or 504 once the request's deadline has passed
 // (the job is cancelled on the way out).
@@ -53,7 +44,7 @@ http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const Cha
   }
   auto prepared = co_await prepare_chat_images(request, images, metrics);
   auto submission = engine.submit(request, std::move(prepared), co_await boost::asio::this_coro::executor);
-  CancelOnExit guard{submission.job};
+  JobGuard guard{submission.job};
   const std::string id = "chatcmpl-" + exchange.request_id();
   const int64_t created = unix_now();
   const std::string& model = engine.options().model_id;
@@ -108,23 +99,23 @@ http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const Cha
       if (!started) {
         co_await exchange.begin_stream(200, "text/event-stream");
         const nlohmann::json first = chunk({{"role", "assistant"}, {"content", ""}}, nullptr);
-        co_await exchange.write_chunk(sse(first));
+        co_await exchange.write_chunk(sse_data(first));
         started = true;
       }
       if (event.kind == vlm::GenerationEvent::Kind::delta) {
         const nlohmann::json delta = chunk({{"content", event.text}}, nullptr);
-        co_await exchange.write_chunk(sse(delta));
+        co_await exchange.write_chunk(sse_data(delta));
         continue;
       }
       guard.completed = true;
-      std::string tail = sse(chunk(nlohmann::json::object(), event.finish_reason));
+      std::string tail = sse_data(chunk(nlohmann::json::object(), event.finish_reason));
       if (request.include_usage) {
-        tail += sse({{"id", id},
-                     {"object", "chat.completion.chunk"},
-                     {"created", created},
-                     {"model", model},
-                     {"choices", nlohmann::json::array()},
-                     {"usage", usage_of(event)}});
+        tail += sse_data({{"id", id},
+                          {"object", "chat.completion.chunk"},
+                          {"created", created},
+                          {"model", model},
+                          {"choices", nlohmann::json::array()},
+                          {"usage", usage_of(event)}});
       }
       tail += "data: [DONE]\n\n";
       co_await exchange.write_chunk(tail);

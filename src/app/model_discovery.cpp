@@ -33,7 +33,7 @@ ModelStatus found(ModelStatus status, const fs::path& path, const std::string& s
   status.created = file_time_unix(path);
   status.state = ModelState::available;
   status.detail =
-      service_word == "vision"
+      service_word == "vision" || service_word == "speech"
           ? std::string("found on disk, not loaded yet")
           : fmt::format("found on disk, not loaded: this build of mmserve has no {} engine yet", service_word);
   return status;

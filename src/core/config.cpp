@@ -317,6 +317,9 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s->read_enum("compute_type", c.compute_type, {"float16", "float32", "int8", "int8_float16"});
     s->read_int("parallel", c.parallel, 1, 64);
     s->read_int("max_queue", c.max_queue, 0, 100000);
+    s->read_int("threads", c.threads, 0, 1024);
+    s->read_int("beam_size", c.beam_size, 1, 16);
+    s->read_int("best_of", c.best_of, 1, 16);
     s->read_bytes("max_audio_size", c.max_audio_bytes, 1);
     s->read_seconds("max_audio_duration", c.max_audio_seconds, 1);
     s->finish();
@@ -488,6 +491,9 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "compute_type" << YAML::Value << c.speech.compute_type;
   out << YAML::Key << "parallel" << YAML::Value << c.speech.parallel;
   out << YAML::Key << "max_queue" << YAML::Value << c.speech.max_queue;
+  out << YAML::Key << "threads" << YAML::Value << c.speech.threads;
+  out << YAML::Key << "beam_size" << YAML::Value << c.speech.beam_size;
+  out << YAML::Key << "best_of" << YAML::Value << c.speech.best_of;
   out << YAML::Key << "max_audio_size" << YAML::Value << c.speech.max_audio_bytes;
   out << YAML::Key << "max_audio_duration" << YAML::Value << c.speech.max_audio_seconds;
   out << YAML::EndMap;

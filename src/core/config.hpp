@@ -62,8 +62,11 @@ struct SpeechConfig {
   std::string device = "auto";          // DEVICE: cpu cuda auto
   std::string compute_type = "float16"; // COMPUTE_TYPE: float16 float32 int8 int8_float16
   std::string vad_model_path;
-  int parallel = 2;
-  int max_queue = 32;
+  int parallel = 2;   // transcriptions decoded at once, each with its own decoder state
+  int max_queue = 32; // waiting requests before 429
+  int threads = 0;    // per transcription; 0: cores / parallel
+  int beam_size = 1;  // 1: greedy (as whisper.cpp's server); 5: beam search (as its CLI), slower
+  int best_of = 5;    // candidates sampled when a window falls back to a temperature above 0
   uint64_t max_audio_bytes = 100ull << 20;
   double max_audio_seconds = 3600;
 };
@@ -86,7 +89,7 @@ struct MediaConfig {
   std::vector<std::string> supported_formats = {"jpeg", "png", "webp", "gif"};
   std::string resize_mode = "fit"; // fit crop pad
   bool normalize = true;
-  uint64_t max_pixels = 8192ull * 8192ull;  // header check before decoding (decompression bombs)
+  uint64_t max_pixels = 8192ull * 8192ull; // header check before decoding (decompression bombs)
   std::string background = "#ffffff";      // alpha is composited on it; pad mode fills with it
   std::string temp_dir = "/tmp/images";
   uint64_t max_cache_bytes = 10ull << 30; // 10Gi

@@ -6,6 +6,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <fmt/format.h>
+#include <poll.h>
 
 namespace mmserve::http {
 namespace {
@@ -162,6 +163,14 @@ net::awaitable<std::string> HttpExchange::read_body(std::optional<uint64_t> limi
 
 void HttpExchange::set_header(std::string name, std::string value) {
   extra_headers_.emplace_back(std::move(name), std::move(value));
+}
+
+bool HttpExchange::peer_closed() {
+  // POLLRDHUP reports the peer's FIN without consuming pipelined bytes.
+  pollfd watch{};
+  watch.fd = stream_.socket().native_handle();
+  watch.events = POLLRDHUP;
+  return ::poll(&watch, 1, 0) > 0 && (watch.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 bool HttpExchange::keep_alive() const {

@@ -85,6 +85,9 @@ public:
   net::awaitable<void> write_chunk(std::string_view data);
   net::awaitable<void> end_stream();
 
+  // True once the client has closed its side: long jobs stop early.
+  bool peer_closed();
+
   bool response_started() const { return response_started_; }
   bool response_finished() const { return response_finished_; }
   unsigned status() const { return status_; }

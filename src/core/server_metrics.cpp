@@ -79,6 +79,12 @@ ServerMetrics::ServerMetrics()
                                                      {"service", "model"}, metrics::duration_buckets())),
       model_ready(
           registry.gauge("mmserve_model_ready", "1 when a model is loaded and serving, else 0.", {"service", "model"})),
+      audio_seconds_total(registry.counter("mmserve_audio_seconds_total", "Seconds of audio transcribed or translated.",
+                                           {"service", "model"})),
+      real_time_factor(registry.histogram(
+          "mmserve_real_time_factor",
+          "Processing time divided by audio duration per transcription (below 1: faster than real time).",
+          {"service", "model"}, {0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5})),
       build_info(registry.gauge("mmserve_build_info", "Build information; always 1.", {"version"})) {
   http_requests_in_flight.labels({}).set(0);
   http_connections_open.labels({}).set(0);

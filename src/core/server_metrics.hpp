@@ -32,6 +32,8 @@ struct ServerMetrics {
   metrics::GaugeFamily& slots_busy;                      // service
   metrics::HistogramFamily& time_to_first_token_seconds; // service, model
   metrics::GaugeFamily& model_ready;                     // service, model
+  metrics::CounterFamily& audio_seconds_total;           // service, model
+  metrics::HistogramFamily& real_time_factor;            // service, model
   metrics::GaugeFamily& build_info;                      // version
 };
 

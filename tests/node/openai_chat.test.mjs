@@ -7,9 +7,9 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { freePort, waitReady } from './support.mjs';
 import OpenAI from 'openai';
 
 const binary = process.env.MMSERVE_BIN;
@@ -46,26 +46,6 @@ async function serveImageOverHttps(tls, jpeg) {
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   httpsServers.push(server);
   return `https://localhost:${server.address().port}`;
-}
-
-function freePort() {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitReady(baseUrl) {
-  for (let i = 0; i < 500; i++) {
-    try {
-      const response = await fetch(`${baseUrl}/readyz`);
-      if (response.status === 200) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error('mmserve did not become ready');
 }
 
 before(async () => {

@@ -1,0 +1,21 @@
+// POST /v1/audio/transcriptions and /v1/audio/translations (OpenAI): the
+// multipart upload is read (bounded), checked, handed to the speech engine,
+// and the transcript written in the requested format or streamed as SSE.
+#pragma once
+
+#include "core/model_board.hpp"
+#include "core/router.hpp"
+#include "engines/asr/whisper_engine.hpp"
+
+#include <functional>
+#include <memory>
+
+namespace mmserve::api {
+
+// The loaded engine, or null while the model loads.
+using SpeechEngineSource = std::function<std::shared_ptr<asr::WhisperEngine>()>;
+
+void register_speech_routes(http::Router& router, const ModelBoard& board, SpeechEngineSource engine,
+                            uint64_t max_audio_bytes);
+
+} // namespace mmserve::api
