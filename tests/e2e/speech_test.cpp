@@ -552,6 +552,38 @@ TEST(SpeechCancel, ClientThatLeavesFreesTheWorker) {
   EXPECT_LT(std::stod(match[1]), 10.0);
 }
 
+TEST(SpeechQueue, FullQueueAnswers429WithRetryAfter) {
+  REQUIRE_FIXTURES();
+  ServerProcess server("vision:\n  enabled: false\nimage:\n  enabled: false\nspeech:\n  model_path: " +
+                       std::string(TINY_WHISPER) + "\n  parallel: 1\n  max_queue: 1\n  threads: 2\n");
+  wait_ready(server.port());
+  const std::string noise = fixtures().dir + "/noise-queue.flac";
+  ASSERT_EQ(shell("ffmpeg -nostdin -y -f lavfi -i anoisesrc=r=16000:a=0.3:d=600 -c:a flac '" + noise + "'"), 0);
+  const std::string body = multipart({}, read_file(noise), "noise.flac");
+  const std::string head = "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                           "boundary=" +
+                           kBoundary + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  Connection running(server.port());
+  running.send_raw(head + body);
+  // Wait until the only worker has it, then fill the one queue place.
+  for (int i = 0;
+       i < 200 && request(server.port(), "GET", "/metrics").body.find("mmserve_slots_busy{service=\"speech\"} 1") ==
+                      std::string::npos;
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  Connection waiting(server.port());
+  waiting.send_raw(head + body);
+  for (int i = 0;
+       i < 200 && request(server.port(), "GET", "/metrics").body.find("mmserve_queue_depth{service=\"speech\"} 1") ==
+                      std::string::npos;
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto refused = transcribe(server.port(), read_file(fixtures().short_wav));
+  EXPECT_EQ(refused.status, 429) << refused.body;
+  EXPECT_FALSE(refused.header("retry-after").empty());
+  EXPECT_EQ(json::parse(refused.body)["error"]["code"], "rate_limit_exceeded") << refused.body;
+}
+
 TEST(SpeechModels, ModelSizeFindsTheFileAndInt8QuantizesOnce) {
   REQUIRE_FIXTURES();
   const std::string dir = make_temp_dir("mmserve-speech-models");

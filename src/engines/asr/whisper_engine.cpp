@@ -309,7 +309,9 @@ WhisperEngine::Submission WhisperEngine::submit(std::string audio, Transcription
   job->events = std::make_shared<AsyncChannel<TranscriptionEvent>>(executor);
   {
     std::lock_guard lock(mutex_);
-    if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+    // A job goes straight to an idle worker; beyond those, max_queue may wait.
+    const int idle = std::max(0, static_cast<int>(workers_.size()) - busy_.load());
+    if (static_cast<int>(queue_.size()) >= options_.max_queue + idle) {
       throw ApiError::too_many_requests(
           fmt::format("The speech service is at capacity ({} transcriptions running, {} waiting); retry shortly.",
                       busy_.load(), queue_.size()),
