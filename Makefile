@@ -27,9 +27,9 @@ configure: bootstrap
 build: configure
 	cmake --build $(BUILD_DIR) -j$(JOBS)
 
-# llama.cpp's own server and CLI, the peers the benchmarks run against.
+# llama.cpp's and whisper.cpp's own servers and CLIs, the peers the benchmarks run against.
 bench-tools: configure
-	cmake --build $(BUILD_DIR) -j$(JOBS) --target llama-server llama-mtmd-cli
+	cmake --build $(BUILD_DIR) -j$(JOBS) --target llama-server llama-mtmd-cli whisper-cli whisper-server
 
 format:
 	clang-format -i $$(git ls-files 'src/*.cpp' 'src/*.hpp' 'tests/*.cpp' 'tests/*.hpp')
