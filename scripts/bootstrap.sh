@@ -15,7 +15,8 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 # Build: compiler toolchain, CMake, the libraries DESIGN.md names.
 # Test: promtool (prometheus), python3-numpy (model generators), ffmpeg and
 # espeak-ng (audio fixtures made at test time), clang with its sanitizer and
-# libFuzzer runtimes (fuzz targets). Bench: vipsthumbnail and Pillow (peers).
+# libFuzzer runtimes (fuzz targets). Bench peers: vipsthumbnail, Pillow,
+# nginx, and wrk to load nginx and the gateway alike.
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
   libboost-dev nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
@@ -23,7 +24,7 @@ APT_PACKAGES=(
   libavformat-dev libavcodec-dev libswresample-dev libavutil-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus python3 python3-numpy ffmpeg espeak-ng
-  clang libclang-rt-14-dev libvips-tools python3-pil
+  clang libclang-rt-14-dev libvips-tools python3-pil nginx wrk
   nodejs npm openssl
 )
 

@@ -28,10 +28,33 @@ std::string bytes_of_data_uri(const std::string& url, const std::string& param) 
   return std::move(*bytes);
 }
 
+struct RememberedImage {
+  vlm::ImageInput input; // id, and the pixels when they were cached
+  std::string bytes;     // the fetched bytes when only they were cached
+};
+
+// An http(s) image fetched before and still fresh, from the disk cache:
+// its pixels (nothing to fetch or decode) or its bytes (nothing to fetch).
+std::optional<RememberedImage> remembered_url_image(const ChatImagePolicy& policy, const std::string& url) {
+  if (!policy.disk) return std::nullopt;
+  auto hash = policy.disk->url_content_hash(url);
+  if (!hash) return std::nullopt;
+  RememberedImage found;
+  found.input.id = *hash;
+  found.input.image = policy.decoded->find(*hash);
+  if (!found.input.image) found.input.image = policy.disk->decoded(*hash, policy.preprocess);
+  if (found.input.image) return found;
+  auto bytes = policy.disk->content(*hash);
+  if (!bytes) return std::nullopt; // evicted: fetch again
+  found.bytes = std::move(*bytes);
+  return found;
+}
+
 } // namespace
 
-ChatImagePolicy chat_image_policy(const MediaConfig& media) {
+ChatImagePolicy chat_image_policy(const MediaConfig& media, std::shared_ptr<storage::TempCache> disk_cache) {
   ChatImagePolicy policy;
+  if (disk_cache) policy.disk = std::make_shared<media::ImageDiskCache>(std::move(disk_cache));
   policy.fetch.max_bytes = media.fetch_max_bytes;
   policy.fetch.timeout = std::chrono::milliseconds(static_cast<int64_t>(media.fetch_timeout_s * 1000));
   policy.fetch.max_redirects = media.fetch_max_redirects;
@@ -59,8 +82,13 @@ prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy, S
       const std::string param = fmt::format("messages[{}].content[{}].image_url.url", m, p);
       const std::string& url = parts[p].url;
       std::string bytes;
+      vlm::ImageInput input;
+      // The content hash names the image for the decoded-image, encoder-output and KV caches.
       if (url.starts_with("data:")) {
         bytes = bytes_of_data_uri(url, param);
+      } else if (auto known = remembered_url_image(policy, url)) {
+        input = std::move(known->input);
+        bytes = std::move(known->bytes); // empty when the pixels were on disk
       } else {
         const auto started = Clock::now();
         auto fetched = co_await media::fetch_url(url, policy.fetch, param);
@@ -69,18 +97,23 @@ prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy, S
         if (bytes.empty()) {
           throw ApiError::bad_request(fmt::format("The image at '{}' is empty.", url), param, "invalid_image");
         }
+        input.id = hash_sha256_hex(bytes.data(), bytes.size());
+        if (policy.disk) policy.disk->remember_fetch(url, input.id, bytes, fetched.cache_control);
       }
-      const auto started = Clock::now();
-      vlm::ImageInput input;
-      // The content hash names the image for the decoded-image, encoder-output and KV caches.
-      input.id = hash_sha256_hex(bytes.data(), bytes.size());
-      input.image = policy.decoded->find(input.id);
+      if (input.id.empty()) input.id = hash_sha256_hex(bytes.data(), bytes.size());
+      if (!input.image) input.image = policy.decoded->find(input.id);
+      if (!input.image && policy.disk) input.image = policy.disk->decoded(input.id, policy.preprocess);
       if (!input.image) {
-        input.image = std::make_shared<const media::RgbImage>(media::preprocess_image(bytes, policy.preprocess, param));
-        policy.decoded->insert(input.id, input.image);
+        // Timed by step (decode, resize) only when the work is done, not for cache hits.
+        media::PreprocessTimings timings;
+        input.image =
+            std::make_shared<const media::RgbImage>(media::preprocess_image(bytes, policy.preprocess, param, &timings));
+        metrics.image_processing_seconds.labels({"vision", "decode"}).observe(timings.decode);
+        metrics.image_processing_seconds.labels({"vision", "resize"}).observe(timings.resize);
+        if (policy.disk) policy.disk->store_decoded(input.id, policy.preprocess, *input.image);
       }
-      metrics.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes.size()));
-      metrics.image_processing_seconds.labels({"vision", "preprocess"}).observe(seconds_since(started));
+      policy.decoded->insert(input.id, input.image);
+      if (!bytes.empty()) metrics.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes.size()));
       images.push_back(std::move(input));
     }
   }

@@ -9,6 +9,7 @@
 #include "core/lru_cache.hpp"
 #include "core/server_metrics.hpp"
 #include "engines/vlm/vlm_engine.hpp"
+#include "media/image_disk_cache.hpp"
 #include "media/image_preprocess.hpp"
 #include "media/url_fetch.hpp"
 
@@ -42,9 +43,12 @@ struct ChatImagePolicy {
   media::FetchPolicy fetch;
   media::PreprocessPolicy preprocess;
   std::shared_ptr<DecodedImageCache> decoded = std::make_shared<DecodedImageCache>(64ull << 20);
+  // The media temp cache on disk (null: none): fetched images, URL links
+  // and decoded pixels that outlive the process and are shared by replicas.
+  std::shared_ptr<media::ImageDiskCache> disk;
 };
 // Throws ConfigError for a value the config reader could not check alone.
-ChatImagePolicy chat_image_policy(const MediaConfig& media);
+ChatImagePolicy chat_image_policy(const MediaConfig& media, std::shared_ptr<storage::TempCache> disk_cache = nullptr);
 
 // One entry per image part, in message order. Throws ApiError (400, 415).
 boost::asio::awaitable<std::vector<vlm::ImageInput>>

@@ -71,7 +71,8 @@ private:
 };
 
 // Reads the request body as multipart/form-data: 415 for another
-// Content-Type, 400 without a boundary.
+// Content-Type, 400 without a boundary. (In multipart_read.cpp: the parser
+// above needs no HTTP core.)
 http::net::awaitable<MultipartForm> read_multipart_form(http::HttpExchange& exchange, MultipartLimits limits);
 
 } // namespace mmserve::api

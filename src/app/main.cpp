@@ -171,7 +171,7 @@ int main(int argc, char** argv) {
           entry->common.config_file.empty() ? Config{} : mmserve::load_config_file(entry->common.config_file);
       const auto applied = mmserve::apply_environment(config, entry->role, mmserve::process_environment());
       apply_flags(config, entry->role, entry->common, entry->service);
-      mmserve::finalize_config(config);
+      mmserve::finalize_config(config, entry->role);
       if (entry->common.print_config) {
         std::cout << mmserve::dump_config(config);
         return 0;

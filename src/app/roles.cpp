@@ -1,9 +1,12 @@
 #include "app/roles.hpp"
 
+#include "gateway/gateway.hpp"
+
 #include "api/chat_completion.hpp"
 #include "api/chat_routes.hpp"
 #include "api/speech_routes.hpp"
 #include "api/system_routes.hpp"
+#include "app/media_cache.hpp"
 #include "app/model_discovery.hpp"
 #include "core/http_server.hpp"
 #include "core/logging.hpp"
@@ -180,12 +183,6 @@ void start_speech(std::optional<SpeechModel>& model, const Config& config, Model
 } // namespace
 
 int run_role(Role role, const Config& config) {
-  if (role == Role::gateway) {
-    spdlog::error("the gateway role (reverse proxy to remote service pools) is not in this build yet; "
-                  "`mmserve serve` runs every service behind one listener");
-    return 2;
-  }
-
   ServerMetrics metrics;
   ModelBoard board(metrics);
   http::Router router;
@@ -204,7 +201,21 @@ int run_role(Role role, const Config& config) {
 
   http::HttpServer server(config.server, config.logging.access_log, router, metrics);
   api::register_system_routes(router, board, metrics, server.draining_flag());
-  const api::ChatImagePolicy image_policy = api::chat_image_policy(config.media);
+  // The gateway fronts `serve` (its remote pools, auth, limits, CORS) and is all the `gateway` role runs.
+  std::optional<gateway::Gateway> front;
+  if (role == Role::serve || role == Role::gateway) {
+    front.emplace(config.gateway, server.io_context(), metrics);
+    front->set_local_models([&board] {
+      nlohmann::json list = nlohmann::json::array();
+      for (const auto& model : board.snapshot())
+        list.push_back(api::model_object(model));
+      return list;
+    });
+    server.set_front([&front](http::HttpExchange& exchange) { return front->handle(exchange); });
+    front->start();
+  }
+  const api::ChatImagePolicy image_policy =
+      api::chat_image_policy(config.media, vision ? open_media_cache(config.media, metrics) : nullptr);
   if (vision) {
     api::register_chat_routes(
         router, board,
@@ -254,6 +265,7 @@ int run_role(Role role, const Config& config) {
   signals.async_wait(on_signal);
 
   server.run();
+  if (front) front->stop();
   // Engines stop while the server's io_context still exists (stopped): their
   // last events for requests cut off by the grace period are posted to it.
   vision_model.reset();

@@ -130,6 +130,30 @@ public:
     out = values;
   }
 
+  // A list of mappings, each read as a section named key[i].
+  std::vector<Section> section_list(const std::string& key) {
+    const auto child = lookup(key);
+    std::vector<Section> items;
+    if (!child || child.IsNull()) return items;
+    if (!child.IsSequence()) fail_at(full(key), "must be a list of mappings");
+    for (size_t i = 0; i < child.size(); ++i) {
+      if (!child[i].IsMap()) fail_at(fmt::format("{}[{}]", full(key), i), "must be a mapping of keys to values");
+      items.emplace_back(child[i], fmt::format("{}[{}]", full(key), i), source_);
+    }
+    return items;
+  }
+  // The keys of a mapping whose keys are names chosen by the user.
+  std::vector<std::string> keys() const {
+    std::vector<std::string> names;
+    if (!node_ || node_.IsNull()) return names;
+    for (const auto& entry : node_)
+      names.push_back(entry.first.Scalar());
+    return names;
+  }
+  // Fails naming this section's path.
+  [[noreturn]] void fail_here(const std::string& what) const { fail_at(path_, what); }
+  [[noreturn]] void fail_key(const std::string& key, const std::string& what) const { fail_at(full(key), what); }
+
   // Rejects keys that no read asked for.
   void finish() const {
     if (!node_ || node_.IsNull()) return;
@@ -183,9 +207,11 @@ void read_media(Section& root, MediaConfig& media) {
     pre->finish();
   }
   if (auto storage = root.section("storage")) {
+    storage->read("enabled", media.cache_enabled);
     storage->read("temp_dir", media.temp_dir);
     storage->read_bytes("max_cache_size", media.max_cache_bytes, 1);
     storage->read_seconds("cleanup_interval", media.cleanup_interval_s, 1);
+    storage->read_seconds("max_age", media.cache_max_age_s, 0);
     storage->finish();
   }
   if (auto fetch = root.section("fetch")) {
@@ -201,6 +227,167 @@ void read_media(Section& root, MediaConfig& media) {
         "networks in CIDR form, e.g. 127.0.0.0/8, 10.1.2.3, fd00::/8");
     fetch->read("ca_file", media.fetch_ca_file);
     fetch->finish();
+  }
+}
+
+void read_rate_limit(Section& section, RateLimit& limit) {
+  auto read_rate = [&](const std::string& key, double& out) {
+    std::string text;
+    section.read(key, text);
+    if (text.empty()) return;
+    char* end = nullptr;
+    const double value = std::strtod(text.c_str(), &end);
+    if (*end != '\0' || !(value >= 0) || value > 1e9)
+      section.fail_key(key, "invalid value '" + text + "' (allowed: a number >= 0)");
+    out = value;
+  };
+  read_rate("requests_per_second", limit.requests_per_second);
+  read_rate("burst", limit.burst);
+  section.finish();
+}
+
+bool is_hex_sha256(const std::string& text) {
+  return text.size() == 64 && text.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos;
+}
+
+std::vector<GatewayApiKey> read_api_keys(std::vector<Section> items) {
+  std::vector<GatewayApiKey> keys;
+  for (auto& item : items) {
+    GatewayApiKey key;
+    item.read("name", key.name);
+    item.read_checked("sha256", key.sha256, is_hex_sha256,
+                      "the key's SHA-256 as 64 hex digits, e.g. from `printf %s \"$KEY\" | sha256sum`");
+    if (key.sha256.empty()) item.fail_here("needs sha256 (the hex SHA-256 of the key)");
+    for (auto& c : key.sha256)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (key.name.empty()) key.name = key.sha256.substr(0, 8);
+    item.read_list<std::string>(
+        "routes", key.routes,
+        [](const std::string& text) -> std::optional<std::string> {
+          if (text.empty() || text[0] != '/') return std::nullopt;
+          return text;
+        },
+        "path prefixes starting with '/'");
+    if (auto limit = item.section("rate_limit")) {
+      key.rate_limit.emplace();
+      read_rate_limit(*limit, *key.rate_limit);
+    }
+    item.finish();
+    keys.push_back(key);
+  }
+  return keys;
+}
+
+void read_gateway(Section& s, GatewayConfig& c) {
+  auto routes = s.section_list("routes");
+  if (!routes.empty()) {
+    c.routes.clear();
+    for (auto& item : routes) {
+      GatewayRoute route;
+      item.read_checked(
+          "host", route.host,
+          [](const std::string& text) {
+            return !text.empty() && text.find_first_of(" /:") == std::string::npos &&
+                   (text.find('*') == std::string::npos || text == "*" ||
+                    (text.rfind("*.", 0) == 0 && text.size() > 2 && text.find('*', 1) == std::string::npos));
+          },
+          "a host name, *.domain, or * for any host");
+      item.read_checked(
+          "path", route.path_prefix, [](const std::string& text) { return !text.empty() && text[0] == '/'; },
+          "a path prefix starting with '/'");
+      item.read("pool", route.pool);
+      if (route.path_prefix.empty()) item.fail_here("needs path (a path prefix)");
+      if (route.pool.empty()) item.fail_here("needs pool (the name of a pool under gateway.pools)");
+      item.finish();
+      c.routes.push_back(route);
+    }
+  }
+  if (auto pools = s.section("pools")) {
+    for (const auto& name : pools->keys()) {
+      auto pool = pools->section(name);
+      GatewayPool entry;
+      if (pool) {
+        pool->read_list<std::string>(
+            "endpoints", entry.endpoints,
+            [](const std::string& text) -> std::optional<std::string> {
+              if (!parse_upstream_url(text)) return std::nullopt;
+              return text;
+            },
+            "http://host:port URLs (plain HTTP to services inside the cluster)");
+        pool->finish();
+      }
+      c.pools[name] = entry;
+    }
+  }
+  s.read_seconds("read_timeout", c.read_timeout_s, 0.001);
+  s.read_seconds("connect_timeout", c.connect_timeout_s, 0.001);
+  s.read_seconds("resolve_interval", c.resolve_interval_s, 0.1);
+  if (auto health = s.section("health_check")) {
+    health->read_checked(
+        "path", c.health_path, [](const std::string& text) { return !text.empty() && text[0] == '/'; },
+        "a path starting with '/'");
+    health->read_seconds("interval", c.health_interval_s, 0.05);
+    health->finish();
+  }
+  if (auto ejection = s.section("ejection")) {
+    ejection->read_int("max_fails", c.max_fails, 1, 1000);
+    ejection->read_seconds("base_time", c.eject_time_s, 0.001);
+    ejection->read_seconds("max_time", c.eject_max_time_s, 0.001);
+    ejection->finish();
+  }
+  if (auto keepalive = s.section("upstream_keepalive")) {
+    keepalive->read_int("max_idle", c.max_idle_connections, 0, 100000);
+    keepalive->read_seconds("idle_timeout", c.idle_connection_timeout_s, 0.001);
+    keepalive->finish();
+  }
+  if (auto auth = s.section("auth")) {
+    c.api_keys = read_api_keys(auth->section_list("api_keys"));
+    auth->read("api_keys_file", c.api_keys_file);
+    auth->finish();
+  }
+  if (auto limits = s.section("rate_limits")) {
+    if (auto per_key = limits->section("per_key")) read_rate_limit(*per_key, c.per_key_limit);
+    if (auto per_ip = limits->section("per_ip")) read_rate_limit(*per_ip, c.per_ip_limit);
+    limits->finish();
+  }
+  if (auto cors = s.section("cors")) {
+    cors->read_list<std::string>(
+        "allowed_origins", c.cors_origins,
+        [](const std::string& text) -> std::optional<std::string> {
+          if (text == "*" || text.rfind("http://", 0) == 0 || text.rfind("https://", 0) == 0) return text;
+          return std::nullopt;
+        },
+        "\"*\" or origins like https://app.example.com");
+    cors->finish();
+  }
+}
+
+void read_storage(Section& root, StorageConfig& storage) {
+  if (auto s3 = root.section("s3")) {
+    auto& c = storage.s3;
+    s3->read("endpoint", c.endpoint);
+    s3->read("region", c.region);
+    s3->read("bucket", c.bucket);
+    s3->read_enum("addressing", c.addressing, {"auto", "path", "virtual"});
+    s3->read("access_key_id", c.access_key_id);
+    s3->read("secret_access_key", c.secret_access_key);
+    s3->read("session_token", c.session_token);
+    s3->read_bytes("part_size", c.part_size, 5ull << 20);
+    s3->read_seconds("timeout", c.timeout_s, 0.001);
+    s3->read("ca_file", c.ca_file);
+    s3->finish();
+  }
+  if (auto outputs = root.section("outputs")) {
+    auto& c = storage.outputs;
+    outputs->read_enum("backend", c.backend, {"local", "s3"});
+    outputs->read("base_url", c.base_url);
+    outputs->read("key_prefix", c.key_prefix);
+    // S3 signs presigned URLs for at most 7 days.
+    outputs->read_seconds("presign_expiry", c.presign_expiry_s, 1);
+    if (c.presign_expiry_s > 604800) {
+      throw ConfigError("storage.outputs.presign_expiry: at most 7d (604800 s), S3's limit for presigned URLs");
+    }
+    outputs->finish();
   }
 }
 
@@ -341,8 +528,79 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     read_media(*s, config.media);
     s->finish();
   }
+  if (auto s = root.section("storage")) {
+    read_storage(*s, config.storage);
+    s->finish();
+  }
+  if (auto s = root.section("gateway")) {
+    read_gateway(*s, config.gateway);
+    s->finish();
+  }
   root.finish();
   return config;
+}
+
+std::vector<GatewayRoute> default_gateway_routes() {
+  return {
+      // The seed's Ingress.
+      {"*", "/v1/chat/vision", "vision"},
+      {"*", "/v1/images/generate", "image"},
+      {"*", "/v1/audio/transcriptions", "speech"},
+      // The OpenAI paths and the services' own.
+      {"*", "/v1/chat/completions", "vision"},
+      {"*", "/v1/images/generations", "image"},
+      {"*", "/v1/audio/translations", "speech"},
+      {"*", "/sdapi/", "image"},
+      {"*", "/outputs/", "image"},
+  };
+}
+
+std::map<std::string, std::string> seed_pool_addresses() {
+  return {{"vision", "http://llava-service:8000"},
+          {"image", "http://stable-diffusion:7860"},
+          {"speech", "http://whisper-service:8080"}};
+}
+
+std::optional<UpstreamAddress> parse_upstream_url(const std::string& text) {
+  constexpr std::string_view kScheme = "http://";
+  if (text.rfind(kScheme, 0) != 0) return std::nullopt;
+  std::string rest = text.substr(kScheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.find_first_of("/?#@ ") != std::string::npos) return std::nullopt;
+  UpstreamAddress address;
+  std::string port_text;
+  if (rest.front() == '[') { // [v6]:port
+    const auto close = rest.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    address.host = rest.substr(1, close - 1);
+    if (close + 1 < rest.size()) {
+      if (rest[close + 1] != ':') return std::nullopt;
+      port_text = rest.substr(close + 2);
+    }
+  } else {
+    const auto colon = rest.rfind(':');
+    address.host = rest.substr(0, colon);
+    if (colon != std::string::npos) port_text = rest.substr(colon + 1);
+  }
+  if (address.host.empty()) return std::nullopt;
+  if (!port_text.empty() || rest.back() == ':') {
+    char* end = nullptr;
+    const long port = std::strtol(port_text.c_str(), &end, 10);
+    if (port_text.empty() || *end != '\0' || port < 1 || port > 65535) return std::nullopt;
+    address.port = static_cast<uint16_t>(port);
+  }
+  return address;
+}
+
+std::vector<GatewayApiKey> load_api_keys_file(const std::string& path) {
+  const YAML::Node node = parse_yaml(read_file(path, "API keys file"), path);
+  if (node.IsNull()) return {};
+  // The file is the list itself, or a mapping with api_keys.
+  YAML::Node wrapped;
+  wrapped["api_keys"] = node.IsMap() ? node["api_keys"] : node;
+  Section root(wrapped, "", path);
+  auto keys = read_api_keys(root.section_list("api_keys"));
+  return keys;
 }
 
 Config load_config_file(const std::string& path) {
@@ -428,7 +686,7 @@ std::vector<std::string> apply_environment(Config& config, Role role, const std:
   return applied;
 }
 
-void finalize_config(Config& config) {
+void finalize_config(Config& config, Role role) {
   if (!config.media_config_file.empty()) load_media_config_file(config.media_config_file, config.media);
   if (config.models_dir.empty()) {
     const char* cache = std::getenv("XDG_CACHE_HOME");
@@ -442,7 +700,141 @@ void finalize_config(Config& config) {
   }
   if (config.speech.model_dir.empty()) config.speech.model_dir = config.models_dir;
   if (config.server.host.empty()) throw ConfigError("server.host: must not be empty");
+
+  auto& gateway = config.gateway;
+  if (gateway.routes.empty()) gateway.routes = default_gateway_routes();
+  for (const auto& [name, address] : seed_pool_addresses()) {
+    gateway.pools.try_emplace(name);
+    // A gateway alone proxies to the seed's Services unless told otherwise.
+    if (role == Role::gateway && gateway.pools[name].endpoints.empty()) gateway.pools[name].endpoints = {address};
+  }
+  for (const auto& route : gateway.routes) {
+    if (!gateway.pools.contains(route.pool)) {
+      std::vector<std::string> names;
+      for (const auto& [name, pool] : gateway.pools)
+        names.push_back(name);
+      throw ConfigError(fmt::format("gateway.routes: route {} names pool '{}', which gateway.pools does not define "
+                                    "(defined: {})",
+                                    route.path_prefix, route.pool, join(names)));
+    }
+  }
+  if (role == Role::gateway) {
+    for (const auto& [name, pool] : gateway.pools) {
+      if (pool.endpoints.empty()) {
+        throw ConfigError(fmt::format("gateway.pools.{}.endpoints: the gateway role needs at least one endpoint "
+                                      "(http://host:port)",
+                                      name));
+      }
+    }
+  }
+  if (!gateway.api_keys_file.empty()) {
+    for (auto& key : load_api_keys_file(gateway.api_keys_file)) {
+      const bool known = std::any_of(gateway.api_keys.begin(), gateway.api_keys.end(),
+                                     [&](const GatewayApiKey& other) { return other.sha256 == key.sha256; });
+      if (!known) gateway.api_keys.push_back(key);
+    }
+  }
+  if (gateway.eject_max_time_s < gateway.eject_time_s) gateway.eject_max_time_s = gateway.eject_time_s;
 }
+
+namespace {
+
+void dump_rate_limit(YAML::Emitter& out, const RateLimit& limit) {
+  out << YAML::Flow << YAML::BeginMap;
+  out << YAML::Key << "requests_per_second" << YAML::Value << limit.requests_per_second;
+  out << YAML::Key << "burst" << YAML::Value << limit.burst;
+  out << YAML::EndMap;
+}
+
+// Secrets are shown only as set or not: --print-config output ends up in logs.
+void dump_storage(YAML::Emitter& out, const StorageConfig& storage) {
+  const auto& s3 = storage.s3;
+  auto secret = [](const std::string& value) { return value.empty() ? std::string() : std::string("(set)"); };
+  out << YAML::Key << "storage" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "s3" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "endpoint" << YAML::Value << s3.endpoint;
+  out << YAML::Key << "region" << YAML::Value << s3.region;
+  out << YAML::Key << "bucket" << YAML::Value << s3.bucket;
+  out << YAML::Key << "addressing" << YAML::Value << s3.addressing;
+  out << YAML::Key << "access_key_id" << YAML::Value << s3.access_key_id;
+  out << YAML::Key << "secret_access_key" << YAML::Value << secret(s3.secret_access_key);
+  out << YAML::Key << "session_token" << YAML::Value << secret(s3.session_token);
+  out << YAML::Key << "part_size" << YAML::Value << s3.part_size;
+  out << YAML::Key << "timeout" << YAML::Value << s3.timeout_s;
+  out << YAML::Key << "ca_file" << YAML::Value << s3.ca_file;
+  out << YAML::EndMap;
+  out << YAML::Key << "outputs" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "backend" << YAML::Value << storage.outputs.backend;
+  out << YAML::Key << "base_url" << YAML::Value << storage.outputs.base_url;
+  out << YAML::Key << "key_prefix" << YAML::Value << storage.outputs.key_prefix;
+  out << YAML::Key << "presign_expiry" << YAML::Value << storage.outputs.presign_expiry_s;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+}
+
+void dump_gateway(YAML::Emitter& out, const GatewayConfig& g) {
+  out << YAML::Key << "gateway" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "routes" << YAML::Value << YAML::BeginSeq;
+  for (const auto& route : g.routes) {
+    out << YAML::Flow << YAML::BeginMap;
+    out << YAML::Key << "host" << YAML::Value << route.host;
+    out << YAML::Key << "path" << YAML::Value << route.path_prefix;
+    out << YAML::Key << "pool" << YAML::Value << route.pool;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  out << YAML::Key << "pools" << YAML::Value << YAML::BeginMap;
+  for (const auto& [name, pool] : g.pools) {
+    out << YAML::Key << name << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "endpoints" << YAML::Value << YAML::Flow << pool.endpoints;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "read_timeout" << YAML::Value << g.read_timeout_s;
+  out << YAML::Key << "connect_timeout" << YAML::Value << g.connect_timeout_s;
+  out << YAML::Key << "resolve_interval" << YAML::Value << g.resolve_interval_s;
+  out << YAML::Key << "health_check" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "path" << YAML::Value << g.health_path;
+  out << YAML::Key << "interval" << YAML::Value << g.health_interval_s;
+  out << YAML::EndMap;
+  out << YAML::Key << "ejection" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "max_fails" << YAML::Value << g.max_fails;
+  out << YAML::Key << "base_time" << YAML::Value << g.eject_time_s;
+  out << YAML::Key << "max_time" << YAML::Value << g.eject_max_time_s;
+  out << YAML::EndMap;
+  out << YAML::Key << "upstream_keepalive" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "max_idle" << YAML::Value << g.max_idle_connections;
+  out << YAML::Key << "idle_timeout" << YAML::Value << g.idle_connection_timeout_s;
+  out << YAML::EndMap;
+  out << YAML::Key << "auth" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "api_keys" << YAML::Value << YAML::BeginSeq;
+  for (const auto& key : g.api_keys) {
+    out << YAML::BeginMap;
+    out << YAML::Key << "name" << YAML::Value << key.name;
+    out << YAML::Key << "sha256" << YAML::Value << key.sha256;
+    out << YAML::Key << "routes" << YAML::Value << YAML::Flow << key.routes;
+    if (key.rate_limit) {
+      out << YAML::Key << "rate_limit" << YAML::Value;
+      dump_rate_limit(out, *key.rate_limit);
+    }
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  out << YAML::Key << "api_keys_file" << YAML::Value << g.api_keys_file;
+  out << YAML::EndMap;
+  out << YAML::Key << "rate_limits" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "per_key" << YAML::Value;
+  dump_rate_limit(out, g.per_key_limit);
+  out << YAML::Key << "per_ip" << YAML::Value;
+  dump_rate_limit(out, g.per_ip_limit);
+  out << YAML::EndMap;
+  out << YAML::Key << "cors" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "allowed_origins" << YAML::Value << YAML::Flow << g.cors_origins;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+}
+
+} // namespace
 
 std::string dump_config(const Config& c) {
   YAML::Emitter out;
@@ -518,9 +910,11 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "background" << YAML::Value << c.media.background;
   out << YAML::EndMap;
   out << YAML::Key << "storage" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << c.media.cache_enabled;
   out << YAML::Key << "temp_dir" << YAML::Value << c.media.temp_dir;
   out << YAML::Key << "max_cache_size" << YAML::Value << c.media.max_cache_bytes;
   out << YAML::Key << "cleanup_interval" << YAML::Value << c.media.cleanup_interval_s;
+  out << YAML::Key << "max_age" << YAML::Value << c.media.cache_max_age_s;
   out << YAML::EndMap;
   out << YAML::Key << "fetch" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "max_bytes" << YAML::Value << c.media.fetch_max_bytes;
@@ -530,6 +924,8 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "ca_file" << YAML::Value << c.media.fetch_ca_file;
   out << YAML::EndMap;
   out << YAML::EndMap;
+  dump_storage(out, c.storage);
+  dump_gateway(out, c.gateway);
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

@@ -91,15 +91,90 @@ struct MediaConfig {
   bool normalize = true;
   uint64_t max_pixels = 8192ull * 8192ull; // header check before decoding (decompression bombs)
   std::string background = "#ffffff";      // alpha is composited on it; pad mode fills with it
+  bool cache_enabled = true;               // the on-disk temp cache (storage/temp_cache)
   std::string temp_dir = "/tmp/images";
   uint64_t max_cache_bytes = 10ull << 30; // 10Gi
   double cleanup_interval_s = 3600;
+  double cache_max_age_s = 86400; // entries unused this long are deleted by a sweep; 0: never
   // Images clients name by http(s) URL.
   uint64_t fetch_max_bytes = 20ull << 20;
   double fetch_timeout_s = 10;
   int fetch_max_redirects = 3;
   std::vector<std::string> fetch_allow_networks; // CIDRs opened despite being internal (tests, intranets)
   std::string fetch_ca_file;                     // extra PEM bundle for https
+};
+
+// Object storage (S3-compatible) and where generated outputs go.
+struct S3Config {
+  std::string endpoint; // AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL; empty: AWS's regional endpoint
+  std::string region;   // AWS_REGION / AWS_DEFAULT_REGION; else us-east-1
+  std::string bucket;
+  std::string addressing = "auto"; // auto path virtual
+  std::string access_key_id;       // AWS_ACCESS_KEY_ID (with the two below) when empty
+  std::string secret_access_key;
+  std::string session_token;
+  uint64_t part_size = 8ull << 20; // multipart upload above this, in parts of this size
+  double timeout_s = 60;           // one request
+  std::string ca_file;             // extra PEM bundle for https endpoints
+};
+
+struct OutputsConfig {
+  std::string backend = "local";       // local (image.outputs_dir) or s3
+  std::string base_url;                // URL prefix of returned URLs; empty: /outputs/ (local), presigned (s3)
+  std::string key_prefix = "outputs/"; // s3 object key prefix
+  double presign_expiry_s = 3600;      // presigned GET URLs' lifetime
+};
+
+struct StorageConfig {
+  S3Config s3;
+  OutputsConfig outputs;
+};
+
+// The seed's multimodal-gateway Ingress: routes (host + path prefix) to
+// pools of service endpoints, with limits, health, auth and rate limits.
+struct GatewayRoute {
+  std::string host = "*"; // exact name, "*.example.com", or "*" for any host
+  std::string path_prefix;
+  std::string pool;
+};
+
+struct GatewayPool {
+  // "http://host:port" each; a name resolving to several addresses gives an
+  // endpoint per address. Empty: the service in this process under `serve`,
+  // the seed's Service address under `gateway`.
+  std::vector<std::string> endpoints;
+};
+
+struct RateLimit {
+  double requests_per_second = 0; // 0: no limit
+  double burst = 0;               // bucket size; 0: max(1, requests_per_second)
+};
+
+struct GatewayApiKey {
+  std::string name;
+  std::string sha256;                  // hex SHA-256 of the key; the key itself is never stored
+  std::vector<std::string> routes;     // path prefixes this key may use; empty: all
+  std::optional<RateLimit> rate_limit; // overrides gateway.rate_limits.per_key
+};
+
+struct GatewayConfig {
+  std::vector<GatewayRoute> routes; // default: the seed's three plus the OpenAI paths
+  std::map<std::string, GatewayPool> pools;
+  double read_timeout_s = 300;  // the seed's proxy-read-timeout: between two reads from the upstream
+  double connect_timeout_s = 5; // per connection attempt
+  std::string health_path = "/readyz";
+  double health_interval_s = 5;
+  int max_fails = 3;       // consecutive failures that eject an endpoint
+  double eject_time_s = 1; // first ejection; doubles per repeat, up to eject_max_time_s
+  double eject_max_time_s = 30;
+  double resolve_interval_s = 10; // DNS names are resolved again this often
+  int max_idle_connections = 32;  // kept-alive upstream connections per endpoint
+  double idle_connection_timeout_s = 30;
+  std::vector<GatewayApiKey> api_keys;
+  std::string api_keys_file; // a mounted secret: a YAML list like api_keys
+  RateLimit per_key_limit;
+  RateLimit per_ip_limit;
+  std::vector<std::string> cors_origins; // "*" or exact origins; empty: no CORS
 };
 
 struct Config {
@@ -110,6 +185,8 @@ struct Config {
   SpeechConfig speech;
   ImageConfig image;
   MediaConfig media;
+  StorageConfig storage;
+  GatewayConfig gateway;
   std::string media_config_file; // a mounted image-processor-config config.yaml
 };
 
@@ -129,9 +206,23 @@ void load_media_config_file(const std::string& path, MediaConfig& media);
 std::vector<std::string> apply_environment(Config& config, Role role, const std::map<std::string, std::string>& env);
 std::map<std::string, std::string> process_environment();
 
-// Fills defaults that depend on the environment (models_dir) and checks
-// cross-field rules. Throws ConfigError.
-void finalize_config(Config& config);
+// Fills defaults that depend on the environment (models_dir) and the role
+// (gateway pools) and checks cross-field rules. Throws ConfigError.
+void finalize_config(Config& config, Role role = Role::serve);
+
+// The gateway routes shipped by default: the seed's Ingress paths and the
+// OpenAI paths, to the pools vision, image and speech.
+std::vector<GatewayRoute> default_gateway_routes();
+// The seed's Service address of each pool (llava-service:8000, ...).
+std::map<std::string, std::string> seed_pool_addresses();
+// "http://host:port" (port 80 when left out) of a gateway pool endpoint.
+struct UpstreamAddress {
+  std::string host;
+  uint16_t port = 80;
+};
+std::optional<UpstreamAddress> parse_upstream_url(const std::string& text);
+// Reads an api_keys_file (a YAML list of keys). Throws ConfigError.
+std::vector<GatewayApiKey> load_api_keys_file(const std::string& path);
 
 // The effective configuration as YAML (what --print-config shows).
 std::string dump_config(const Config& config);

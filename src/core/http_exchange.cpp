@@ -8,6 +8,10 @@
 #include <fmt/format.h>
 #include <poll.h>
 
+#include <array>
+#include <span>
+#include <sstream>
+
 namespace mmserve::http {
 namespace {
 
@@ -109,11 +113,11 @@ net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
   if (parser_.is_done()) co_return std::string_view();
   // An oversize Content-Length never gets here: the server answers 413 before calling a handler.
   co_await send_continue_if_expected();
-  if (chunk_buffer_.empty()) chunk_buffer_.resize(kChunkBufferSize);
+  if (!chunk_buffer_) chunk_buffer_ = std::make_unique_for_overwrite<char[]>(kChunkBufferSize);
   for (;;) {
     auto& body = parser_.get().body();
-    body.data = chunk_buffer_.data();
-    body.size = chunk_buffer_.size();
+    body.data = chunk_buffer_.get();
+    body.size = kChunkBufferSize;
     boost::system::error_code ec;
     arm_timer();
     co_await bhttp::async_read_some(stream_, buffer_, parser_, net::redirect_error(net::use_awaitable, ec));
@@ -128,14 +132,14 @@ net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
       }
       throw ApiError::bad_request("Malformed request body: " + ec.message(), std::nullopt, "malformed_body");
     }
-    const size_t produced = chunk_buffer_.size() - parser_.get().body().size;
+    const size_t produced = kChunkBufferSize - parser_.get().body().size;
     body_bytes_read_ += produced;
     if (body_bytes_read_ > limits_.max_body_bytes) {
       force_close_ = true;
       throw ApiError::payload_too_large(
           fmt::format("Request body is larger than the limit of {} bytes.", limits_.max_body_bytes));
     }
-    if (produced > 0) co_return std::string_view(chunk_buffer_.data(), produced);
+    if (produced > 0) co_return std::string_view(chunk_buffer_.get(), produced);
     if (parser_.is_done()) co_return std::string_view();
   }
 }
@@ -241,13 +245,68 @@ net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_vie
   }
 }
 
+net::awaitable<void> HttpExchange::begin_relay(unsigned status, const bhttp::fields& headers,
+                                               std::optional<uint64_t> content_length, std::string_view first_piece) {
+  if (response_started_) throw std::logic_error("response already started");
+  response_started_ = true;
+  status_ = status;
+  stream_header_.emplace(static_cast<bhttp::status>(status), 11);
+  auto& header = *stream_header_;
+  for (const auto& field : headers)
+    header.insert(field.name_string(), field.value());
+  apply_common_headers(header);
+  const bool bodiless = method() == bhttp::verb::head || status < 200 || status == 204 || status == 304;
+  if (bodiless) {
+    stream_chunked_ = false;
+  } else if (content_length) {
+    stream_chunked_ = false;
+    header.content_length(*content_length);
+  } else {
+    header.chunked(true);
+  }
+  header.keep_alive(keep_alive());
+  stream_serializer_.emplace(header);
+  boost::system::error_code ec;
+  arm_timer();
+  if (!bodiless && !first_piece.empty()) {
+    // Head and first piece in one write: for small answers, one send instead of two.
+    const std::string head = [&] {
+      std::ostringstream out;
+      out << header.base();
+      return out.str();
+    }();
+    std::array<net::const_buffer, 4> pieces;
+    size_t count = 0;
+    pieces[count++] = net::buffer(head);
+    const std::string size_line = stream_chunked_ ? fmt::format("{:x}\r\n", first_piece.size()) : std::string();
+    if (stream_chunked_) pieces[count++] = net::buffer(size_line);
+    pieces[count++] = net::buffer(first_piece.data(), first_piece.size());
+    if (stream_chunked_) pieces[count++] = net::buffer("\r\n", 2);
+    bytes_sent_ += co_await net::async_write(stream_, std::span(pieces.data(), count),
+                                             net::redirect_error(net::use_awaitable, ec));
+  } else {
+    bytes_sent_ +=
+        co_await bhttp::async_write_header(stream_, *stream_serializer_, net::redirect_error(net::use_awaitable, ec));
+  }
+  if (ec) {
+    force_close_ = true;
+    throw ClientGone("client went away: " + ec.message());
+  }
+  if (bodiless) response_finished_ = true;
+}
+
 net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
   if (!stream_serializer_) throw std::logic_error("write_chunk before begin_stream");
   if (data.empty()) co_return; // an empty chunk would end the stream
   boost::system::error_code ec;
   arm_timer();
-  bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk(net::const_buffer(data.data(), data.size())),
-                                           net::redirect_error(net::use_awaitable, ec));
+  if (stream_chunked_) {
+    bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk(net::const_buffer(data.data(), data.size())),
+                                             net::redirect_error(net::use_awaitable, ec));
+  } else {
+    bytes_sent_ += co_await net::async_write(stream_, net::const_buffer(data.data(), data.size()),
+                                             net::redirect_error(net::use_awaitable, ec));
+  }
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away during the stream: " + ec.message());
@@ -256,6 +315,10 @@ net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
 
 net::awaitable<void> HttpExchange::end_stream() {
   if (!stream_serializer_) throw std::logic_error("end_stream before begin_stream");
+  if (!stream_chunked_) { // a relayed body of known length (or none) ends with its last byte
+    response_finished_ = true;
+    co_return;
+  }
   boost::system::error_code ec;
   arm_timer();
   bytes_sent_ +=

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -60,6 +61,12 @@ public:
   const std::map<std::string, std::string>& path_params() const { return path_params_; }
   void set_path_params(std::map<std::string, std::string> params) { path_params_ = std::move(params); }
   const std::string& request_id() const { return request_id_; }
+  // The route named in metrics and the access log (default: the router's pattern).
+  const std::string& route_label() const { return route_label_; }
+  void set_route_label(std::string label) { route_label_ = std::move(label); }
+  // A proxied request is bounded by its upstream's read timeout instead of
+  // the server's request deadline; each read and write stays bounded.
+  void set_deadline(Clock::time_point deadline) { limits_.deadline = deadline; }
   const std::string& remote_address() const { return remote_address_; }
   Clock::time_point deadline() const { return limits_.deadline; }
   std::optional<uint64_t> content_length() const;
@@ -84,6 +91,15 @@ public:
   net::awaitable<void> begin_stream(unsigned status, std::string_view content_type);
   net::awaitable<void> write_chunk(std::string_view data);
   net::awaitable<void> end_stream();
+
+  // A response whose head a proxy copies from elsewhere: `headers` as given
+  // (hop-by-hop fields already removed), then exactly `content_length` body
+  // bytes, or a chunked body when the length is unknown. No body at all for
+  // HEAD requests and statuses without one (1xx, 204, 304). The body goes
+  // through write_chunk and end_stream; `first_piece`, when given, goes out
+  // in the same write as the head.
+  net::awaitable<void> begin_relay(unsigned status, const bhttp::fields& headers,
+                                   std::optional<uint64_t> content_length, std::string_view first_piece = {});
 
   // True once the client has closed its side: long jobs stop early.
   bool peer_closed();
@@ -110,10 +126,11 @@ private:
   ExchangeLimits limits_;
   const std::atomic<bool>& draining_;
   std::string path_;
+  std::string route_label_;
   std::map<std::string, std::string> query_;
   std::map<std::string, std::string> path_params_;
   std::vector<std::pair<std::string, std::string>> extra_headers_;
-  std::vector<char> chunk_buffer_;
+  std::unique_ptr<char[]> chunk_buffer_; // allocated on the first body read, not zeroed
   uint64_t body_bytes_read_ = 0;
   bool continue_sent_ = false;
   bool response_started_ = false;
@@ -121,6 +138,7 @@ private:
   bool force_close_ = false;
   unsigned status_ = 0;
   uint64_t bytes_sent_ = 0;
+  bool stream_chunked_ = true;
   std::optional<bhttp::response<bhttp::empty_body>> stream_header_;
   std::optional<bhttp::response_serializer<bhttp::empty_body>> stream_serializer_;
 };

@@ -162,6 +162,10 @@ net::awaitable<void> HttpServer::serve_connection(tcp::socket socket) {
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   const std::string remote = ec ? std::string("unknown") : peer.address().to_string();
+  // Responses go out in several writes (head, chunks, SSE events): without
+  // TCP_NODELAY, Nagle's algorithm holds each small write for the client's
+  // delayed ACK (40 ms).
+  socket.set_option(tcp::no_delay(true), ec);
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
 
@@ -241,11 +245,20 @@ net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast
 
   const std::string method(exchange.method_string());
   const auto match = router_.match(method, exchange.path());
-  const std::string route = match.route ? match.route->pattern : "unmatched";
+  exchange.set_route_label(match.route ? match.route->pattern : "unmatched");
 
   std::optional<ApiError> failure;
   try {
-    if (!match.route) {
+    // Refuse an oversize body from its Content-Length, before reading it.
+    if (const auto length = exchange.content_length(); length && *length > exchange.body_limit()) {
+      throw ApiError::payload_too_large(fmt::format("Request body of {} bytes is larger than the limit of {} bytes.",
+                                                    *length, exchange.body_limit()));
+    }
+    bool answered_by_front = false;
+    if (front_) answered_by_front = co_await front_(exchange);
+    if (answered_by_front) {
+      if (!exchange.response_started()) throw ApiError::internal("The gateway produced no response.");
+    } else if (!match.route) {
       if (!match.allowed_methods.empty()) {
         exchange.set_header("Allow", fmt::format("{}", fmt::join(match.allowed_methods, ", ")));
         throw ApiError::method_not_allowed(fmt::format("Method {} is not allowed for {} (allowed: {}).", method,
@@ -254,15 +267,11 @@ net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast
       throw ApiError::not_found(
           fmt::format("Unknown request URL: {} {}. See docs/api.md for the endpoints.", method, exchange.path()),
           "unknown_url");
+    } else {
+      exchange.set_path_params(match.params);
+      co_await match.route->handler(exchange);
+      if (!exchange.response_started()) throw ApiError::internal("The handler produced no response.");
     }
-    // Refuse an oversize body from its Content-Length, before reading it.
-    if (const auto length = exchange.content_length(); length && *length > exchange.body_limit()) {
-      throw ApiError::payload_too_large(fmt::format("Request body of {} bytes is larger than the limit of {} bytes.",
-                                                    *length, exchange.body_limit()));
-    }
-    exchange.set_path_params(match.params);
-    co_await match.route->handler(exchange);
-    if (!exchange.response_started()) throw ApiError::internal("The handler produced no response.");
   } catch (const ApiError& error) {
     failure = error;
   } catch (const ClientGone& gone) {
@@ -289,6 +298,7 @@ net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast
 
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   const unsigned status = exchange.response_started() ? exchange.status() : 499; // 499: client closed request
+  const std::string& route = exchange.route_label();
   metrics_.http_requests_total.labels({method, route, std::to_string(status)}).inc();
   metrics_.http_request_duration_seconds.labels({method, route}).observe(seconds);
   metrics_.http_requests_in_flight.labels({}).dec();

@@ -43,6 +43,11 @@ public:
 
   net::io_context& io_context() { return ioc_; }
 
+  // Runs before the router for every request (the gateway: access control,
+  // CORS, proxying). Returns true when it answered the request itself.
+  using FrontHandler = std::function<net::awaitable<bool>(HttpExchange&)>;
+  void set_front(FrontHandler front) { front_ = std::move(front); }
+
 private:
   struct Connection;
 
@@ -58,6 +63,7 @@ private:
   const bool access_log_;
   Router& router_;
   ServerMetrics& metrics_;
+  FrontHandler front_;
   net::io_context ioc_;
   net::ip::tcp::acceptor acceptor_;
   uint16_t bound_port_ = 0;

@@ -85,7 +85,34 @@ ServerMetrics::ServerMetrics()
           "mmserve_real_time_factor",
           "Processing time divided by audio duration per transcription (below 1: faster than real time).",
           {"service", "model"}, {0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5})),
-      build_info(registry.gauge("mmserve_build_info", "Build information; always 1.", {"version"})) {
+      build_info(registry.gauge("mmserve_build_info", "Build information; always 1.", {"version"})),
+      media_cache_bytes(registry.gauge("mmserve_media_cache_bytes", "Bytes in the media temp cache on disk.")),
+      media_cache_entries(registry.gauge("mmserve_media_cache_entries", "Files in the media temp cache.")),
+      media_cache_lookups_total(
+          registry.counter("mmserve_media_cache_lookups_total", "Media temp cache reads, by result.", {"result"})),
+      media_cache_writes_total(registry.counter("mmserve_media_cache_writes_total",
+                                                "Media temp cache writes, by result (refused: too large or failed).",
+                                                {"result"})),
+      media_cache_evictions_total(registry.counter(
+          "mmserve_media_cache_evictions_total",
+          "Media temp cache files deleted: size (least recently used, to stay within max_cache_size) or expired "
+          "(unused for max_age).",
+          {"reason"})),
+      upstream_requests_in_flight(registry.gauge("mmserve_upstream_requests_in_flight",
+                                                 "Requests the gateway has sent to a pool and not finished.",
+                                                 {"pool"})),
+      upstream_errors_total(registry.counter(
+          "mmserve_upstream_errors_total",
+          "Upstream failures seen by the gateway, by kind (connect, timeout, send, read, unavailable).",
+          {"pool", "kind"})),
+      upstream_ejections_total(registry.counter("mmserve_upstream_ejections_total",
+                                                "Endpoints taken out of a pool after consecutive failures.", {"pool"})),
+      upstream_endpoints(registry.gauge("mmserve_upstream_endpoints",
+                                        "Endpoints of a pool by state (usable, unhealthy, ejected).",
+                                        {"pool", "state"})),
+      gateway_refused_total(registry.counter(
+          "mmserve_gateway_refused_total",
+          "Requests the gateway refused itself (unauthorized, forbidden, rate_limited, cors).", {"reason"})) {
   http_requests_in_flight.labels({}).set(0);
   http_connections_open.labels({}).set(0);
   build_info.labels({kVersion}).set(1);

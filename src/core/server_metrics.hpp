@@ -35,6 +35,20 @@ struct ServerMetrics {
   metrics::CounterFamily& audio_seconds_total;           // service, model
   metrics::HistogramFamily& real_time_factor;            // service, model
   metrics::GaugeFamily& build_info;                      // version
+
+  // The media temp cache (media.storage).
+  metrics::GaugeFamily& media_cache_bytes;             // (none)
+  metrics::GaugeFamily& media_cache_entries;           // (none)
+  metrics::CounterFamily& media_cache_lookups_total;   // result: hit miss
+  metrics::CounterFamily& media_cache_writes_total;    // result: stored refused
+  metrics::CounterFamily& media_cache_evictions_total; // reason: size expired
+
+  // Gateway.
+  metrics::GaugeFamily& upstream_requests_in_flight; // pool
+  metrics::CounterFamily& upstream_errors_total;     // pool, kind
+  metrics::CounterFamily& upstream_ejections_total;  // pool
+  metrics::GaugeFamily& upstream_endpoints;          // pool, state
+  metrics::CounterFamily& gateway_refused_total;     // reason
 };
 
 } // namespace mmserve

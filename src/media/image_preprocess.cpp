@@ -5,6 +5,7 @@
 #include <vips/vips8>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -51,23 +52,38 @@ std::vector<double> colour(const std::array<unsigned char, 3>& rgb) {
   return {static_cast<double>(rgb[0]), static_cast<double>(rgb[1]), static_cast<double>(rgb[2])};
 }
 
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Sequential access: decoders stream top to bottom instead of keeping the
+// whole image for random reads (the pipeline is materialised once, below).
 VImage load(std::string_view bytes, int jpeg_shrink) {
-  auto* options = VImage::option()->set("fail_on", VIPS_FAIL_ON_ERROR);
+  auto* options = VImage::option()->set("fail_on", VIPS_FAIL_ON_ERROR)->set("access", VIPS_ACCESS_SEQUENTIAL);
   if (jpeg_shrink > 1) options->set("shrink", jpeg_shrink);
   return VImage::new_from_buffer(bytes.data(), bytes.size(), "", options);
 }
 
-// The largest JPEG DCT shrink (2, 4, 8) that keeps the longest side at or
-// above the target, so large photos never decode at full size.
-int jpeg_shrink_for(int longest, int target) {
+// The side the resize mode scales to max_side: the longest for fit and pad,
+// the shortest for crop (its centre square).
+int governing_side(int width, int height, ResizeMode mode) {
+  return mode == ResizeMode::crop ? std::min(width, height) : std::max(width, height);
+}
+
+// The largest JPEG DCT shrink (2, 4, 8) that keeps the governing side at
+// or above the target, so large photos never decode at full size.
+int jpeg_shrink_for(int side, int target) {
   int shrink = 1;
-  while (shrink < 8 && longest / (shrink * 2) >= target)
+  while (shrink < 8 && side / (shrink * 2) >= target)
     shrink *= 2;
   return shrink;
 }
 
+// Orientation is applied later, on the materialised image: rotating needs
+// random access, which a sequential decoder does not give.
 VImage to_srgb8(VImage image, const std::array<unsigned char, 3>& background) {
-  image = image.autorot();
   if (image.interpretation() != VIPS_INTERPRETATION_sRGB) image = image.colourspace(VIPS_INTERPRETATION_sRGB);
   if (image.has_alpha()) image = image.flatten(VImage::option()->set("background", colour(background)));
   if (image.format() != VIPS_FORMAT_UCHAR) image = image.cast(VIPS_FORMAT_UCHAR);
@@ -138,8 +154,10 @@ void init_image_library() {
   });
 }
 
-RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy, const std::string& param) {
+RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy, const std::string& param,
+                          PreprocessTimings* timings) {
   init_image_library();
+  const auto started = Clock::now();
   std::vector<std::string> supported;
   for (const auto& format : policy.formats) {
     if (decodable(format)) supported.push_back(format);
@@ -174,10 +192,15 @@ RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy
           param, "image_too_large");
     }
     if (*format == "jpeg" && policy.max_image_size > 0) {
-      const int shrink = jpeg_shrink_for(static_cast<int>(std::max(width, height)), policy.max_image_size);
+      const int side = governing_side(static_cast<int>(width), static_cast<int>(height), policy.resize_mode);
+      const int shrink = jpeg_shrink_for(side, policy.max_image_size);
       if (shrink > 1) image = load(bytes, shrink);
     }
-    image = apply_resize_mode(to_srgb8(image, policy.background), policy);
+    // Decode: the (shrunk-on-load) pixels as 8-bit sRGB in memory.
+    image = to_srgb8(image, policy.background).copy_memory().autorot();
+    if (timings) timings->decode = seconds_since(started);
+    const auto decoded = Clock::now();
+    image = apply_resize_mode(image, policy);
     size_t size = 0;
     auto* memory = static_cast<unsigned char*>(image.write_to_memory(&size));
     RgbImage result;
@@ -188,6 +211,7 @@ RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy
     if (result.pixels.size() != static_cast<size_t>(result.width) * result.height * 3) {
       throw invalid("unexpected pixel layout after conversion");
     }
+    if (timings) timings->resize = seconds_since(decoded);
     return result;
   } catch (const vips::VError& error) {
     std::string why = error.what();

@@ -40,10 +40,19 @@ std::optional<std::string> sniff_image_format(std::string_view bytes);
 // Once per process; safe to call again.
 void init_image_library();
 
+// Seconds spent in each step, for image_processing_seconds{step}: decode
+// (sniff, header checks, decode with shrink-on-load, colour to sRGB8,
+// orientation) and resize (the resize mode, out to RGB8).
+struct PreprocessTimings {
+  double decode = 0;
+  double resize = 0;
+};
+
 // Throws ApiError: 415 `unsupported_image_format` naming the supported list,
 // 400 `image_too_large` past max_pixels or max_frames, 400 `invalid_image`
 // for bytes that do not decode. `param` names the request field.
-RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy, const std::string& param);
+RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy, const std::string& param,
+                          PreprocessTimings* timings = nullptr);
 
 // Encoders for generated images. `quality` 1..100 (jpeg, webp); png ignores it.
 // Throws std::invalid_argument for an unknown format.

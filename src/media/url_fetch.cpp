@@ -126,6 +126,7 @@ struct Response {
   unsigned status = 0;
   std::string location;
   std::string content_type;
+  std::string cache_control;
   std::string body;
 };
 
@@ -151,6 +152,7 @@ net::awaitable<Response> send_get(Stream& stream, const Url& url, const FetchPol
   response.status = parser.get().result_int();
   response.location = std::string(parser.get()[bhttp::field::location]);
   response.content_type = std::string(parser.get()[bhttp::field::content_type]);
+  response.cache_control = std::string(parser.get()[bhttp::field::cache_control]);
   if (response.status >= 300 && response.status < 400) co_return response;
   if (response.status < 200 || response.status >= 300) {
     throw fetch_failed(text, fmt::format("the server answered HTTP {}", response.status), param);
@@ -334,7 +336,8 @@ net::awaitable<FetchedBody> fetch_url(std::string text, const FetchPolicy& polic
       current = resolve_location(*url, response.location);
       continue;
     }
-    co_return FetchedBody{std::move(response.body), std::move(response.content_type), current};
+    co_return FetchedBody{std::move(response.body), std::move(response.content_type), current,
+                          std::move(response.cache_control)};
   }
 }
 

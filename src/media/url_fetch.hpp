@@ -47,6 +47,7 @@ struct FetchedBody {
   std::string bytes;
   std::string content_type;
   std::string final_url;
+  std::string cache_control; // the response's Cache-Control (whether and how long it may be kept)
 };
 
 // Throws ApiError 400 with code `url_not_allowed` (scheme or address),

@@ -343,6 +343,16 @@ TEST_F(VisionImages, ImageTokensReachTheModelAndSteerIt) {
   EXPECT_EQ(with_image["choices"][0]["message"]["content"], again["choices"][0]["message"]["content"]);
   const std::string metrics = request(port(), "GET", "/metrics").body;
   EXPECT_NE(metrics.find(R"(image_size_bytes_count{service="vision"} 2)"), std::string::npos) << metrics;
+  // Preprocessing is timed by step, at most once: the second request hit the
+  // decoded-image cache (and the disk cache may hold the pixels from an earlier run).
+  const auto count_of = [&](const std::string& step) {
+    const std::string series = R"(image_processing_seconds_count{service="vision",step=")" + step + "\"} ";
+    const auto at = metrics.find(series);
+    return at == std::string::npos ? 0 : std::stoi(metrics.substr(at + series.size()));
+  };
+  EXPECT_LE(count_of("decode"), 1) << metrics;
+  EXPECT_EQ(count_of("resize"), count_of("decode")) << metrics;
+  EXPECT_EQ(count_of("preprocess"), 0) << metrics;
   // The same image and prompt again: the slot's KV cache held them, so most
   // positions were not evaluated again.
   const std::string cached_key = R"(prompt_tokens_cached_total{service="vision",model="stories260K"} )";

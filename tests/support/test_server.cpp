@@ -1,5 +1,7 @@
 #include "test_server.hpp"
 
+#include <yaml-cpp/yaml.h>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/write.hpp>
 
@@ -146,13 +148,36 @@ ProcessResult run_mmserve(const std::vector<std::string>& args, const std::map<s
   return result;
 }
 
+// Each test server gets its own media temp cache (unless the test names
+// one): the shared default /tmp/images would carry images decoded by earlier
+// runs into this one.
+namespace {
+std::string with_private_temp_dir(const std::string& yaml, const std::string& temp_dir) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception&) {
+    return yaml; // the test means to send broken YAML
+  }
+  if (!root.IsNull() && !root.IsMap()) return yaml;
+  if (root["media"] && root["media"].IsMap() && root["media"]["storage"] && root["media"]["storage"].IsMap() &&
+      root["media"]["storage"]["temp_dir"]) {
+    return yaml;
+  }
+  root["media"]["storage"]["temp_dir"] = temp_dir;
+  YAML::Emitter out;
+  out << root;
+  return std::string(out.c_str()) + "\n";
+}
+} // namespace
+
 ServerProcess::ServerProcess(const std::string& yaml, const std::string& role,
                              const std::map<std::string, std::string>& env,
                              const std::vector<std::string>& extra_args) {
   dir_ = make_temp_dir("mmserve-test");
   log_path_ = dir_ + "/server.log";
   const std::string config_path = dir_ + "/mmserve.yaml";
-  write_file(config_path, yaml);
+  write_file(config_path, with_private_temp_dir(yaml, dir_ + "/images"));
   std::map<std::string, std::string> environment = env;
   if (!environment.contains("HOME")) environment["HOME"] = dir_; // default models_dir lands in the temp dir
   // A port taken between free_port() and bind() is retried with another.

@@ -360,7 +360,8 @@ TEST_F(AudioDecode, PlaylistsAreRefusedUnopened) {
                           "#EXTINF:5.0,\nfile:" +
                           target + "\n#EXTINF:5.0,\nhttp://127.0.0.1:9/segment.ts\n#EXT-X-ENDLIST\n";
   const std::string concat = "ffconcat version 1.0\nfile '" + target + "'\n";
-  for (const auto& [name, bytes] : {std::pair{"hls", hls}, std::pair{"concat", concat}}) {
+  for (const auto& [name, playlist] : {std::pair{"hls", hls}, std::pair{"concat", concat}}) {
+    const std::string& bytes = playlist; // clang 14 (sanitizer build) cannot capture a structured binding
     const auto error = api_error([&] { decode_audio(bytes, {}, "file"); });
     EXPECT_EQ(error.status, 415) << name << ": " << error.message;
     EXPECT_EQ(error.code, "unsupported_audio_format");

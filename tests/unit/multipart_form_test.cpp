@@ -100,6 +100,8 @@ TEST(MultipartForm, BoundaryFromContentType) {
   EXPECT_FALSE(multipart_boundary("multipart/form-data").has_value());
   EXPECT_FALSE(multipart_boundary("multipart/mixed; boundary=abc").has_value());
   EXPECT_FALSE(multipart_boundary("application/json").has_value());
+  // Found by the multipart fuzzer: an unterminated quote threw instead.
+  EXPECT_FALSE(multipart_boundary("multipart/form-data; boundary=\"abc").has_value());
   EXPECT_FALSE(multipart_boundary("multipart/form-data; boundary=" + std::string(71, 'x')).has_value());
 }
 
@@ -149,4 +151,28 @@ TEST(MultipartForm, LimitsAre413) {
   for (int i = 0; i < 4; ++i)
     many += part("name=\"f" + std::to_string(i) + "\"", "v");
   EXPECT_EQ(status_of([&] { parse_in_pieces(many + closing(), 16, limits); }), 400);
+}
+
+// Found by the multipart fuzzer (whole and piecewise parses must agree): the
+// preamble and header bounds were checked only while waiting for more
+// bytes, so a body that arrived in one read skipped them.
+TEST(MultipartForm, BoundsHoldHoweverTheBodyArrives) {
+  MultipartLimits limits;
+  limits.max_header_bytes = 256;
+  const std::string long_preamble = std::string(300, 'p') + "\r\n" + part(R"(name="model")", "whisper-1") + closing();
+  const std::string long_headers =
+      "--" + kBoundary + "\r\nContent-Disposition: form-data; name=\"model\"\r\nX-Pad: " + std::string(300, 'h') +
+      "\r\n\r\nwhisper-1\r\n" + closing();
+  // Headers of exactly the limit (the block before CRLFCRLF) pass.
+  const std::string prefix = "Content-Disposition: form-data; name=\"model\"\r\nX-Pad: ";
+  const std::string at_limit =
+      "--" + kBoundary + "\r\n" + prefix + std::string(256 - prefix.size(), 'h') + "\r\n\r\nwhisper-1\r\n" + closing();
+  for (size_t piece : {size_t{1}, size_t{3}, size_t{64}, size_t{100000}}) {
+    std::string code;
+    EXPECT_EQ(status_of([&] { parse_in_pieces(long_preamble, piece, limits); }, &code), 400) << "piece " << piece;
+    EXPECT_EQ(code, "invalid_multipart");
+    EXPECT_EQ(status_of([&] { parse_in_pieces(long_headers, piece, limits); }, &code), 400) << "piece " << piece;
+    EXPECT_EQ(code, "invalid_multipart");
+    EXPECT_EQ(status_of([&] { parse_in_pieces(at_limit, piece, limits); }), 0) << "piece " << piece;
+  }
 }

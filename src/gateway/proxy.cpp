@@ -1,0 +1,308 @@
+#include "gateway/proxy.hpp"
+
+#include "core/logging.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <fmt/format.h>
+
+#include <array>
+
+namespace mmserve::gateway {
+namespace bhttp = boost::beast::http;
+
+namespace {
+
+constexpr size_t kRelayBufferSize = 64 * 1024;
+
+std::chrono::milliseconds millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
+}
+
+// Fields that describe one hop, not the message (RFC 9110 section 7.6.1),
+// plus the ones the proxy sets itself.
+bool is_hop_by_hop(std::string_view name, const std::vector<std::string>& listed_in_connection) {
+  static constexpr std::array<std::string_view, 10> kFields = {
+      "connection", "keep-alive",        "proxy-connection", "te",     "trailer",
+      "upgrade",    "transfer-encoding", "content-length",   "expect", "proxy-authorization"};
+  for (auto field : kFields) {
+    if (beast::iequals(name, field)) return true;
+  }
+  for (const auto& listed : listed_in_connection) {
+    if (beast::iequals(name, listed)) return true;
+  }
+  return false;
+}
+
+std::vector<std::string> connection_tokens(const bhttp::fields& fields) {
+  std::vector<std::string> tokens;
+  for (const auto& token : bhttp::token_list(fields[bhttp::field::connection]))
+    tokens.emplace_back(token);
+  return tokens;
+}
+
+class UpstreamFailure : public std::runtime_error {
+public:
+  UpstreamFailure(std::string kind, const std::string& what) : std::runtime_error(what), kind(std::move(kind)) {}
+  std::string kind;
+};
+
+ApiError bad_gateway(const std::string& message) {
+  return ApiError(502, message, "api_error", "bad_gateway");
+}
+
+ApiError gateway_timeout(const std::string& message) {
+  return ApiError(504, message, "api_error", "upstream_timeout");
+}
+
+net::awaitable<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, Endpoint& endpoint) {
+  auto connection = std::make_unique<UpstreamConnection>(pool.io_context().get_executor());
+  boost::system::error_code ec;
+  connection->stream.expires_after(millis(pool.config().connect_timeout_s));
+  co_await connection->stream.async_connect(endpoint.address, net::redirect_error(net::use_awaitable, ec));
+  if (ec == beast::error::timeout) {
+    throw UpstreamFailure("connect", fmt::format("connecting to {} timed out after {} s", endpoint.label,
+                                                 pool.config().connect_timeout_s));
+  }
+  if (ec) throw UpstreamFailure("connect", fmt::format("cannot connect to {}: {}", endpoint.label, ec.message()));
+  connection->stream.socket().set_option(tcp::no_delay(true), ec);
+  co_return connection;
+}
+
+// While the upstream works on an answer, a client that hangs up cancels it:
+// closing the upstream connection is how a service learns to stop.
+struct ClientWatch {
+  explicit ClientWatch(net::any_io_executor executor) : timer(std::move(executor)) {}
+  net::steady_timer timer;
+  bool done = false;
+  bool client_gone = false;
+};
+
+net::awaitable<void> watch_client(std::shared_ptr<ClientWatch> watch, http::HttpExchange& exchange,
+                                  beast::tcp_stream& upstream) {
+  while (!watch->done) {
+    watch->timer.expires_after(std::chrono::milliseconds(500));
+    boost::system::error_code ec;
+    co_await watch->timer.async_wait(net::redirect_error(net::use_awaitable, ec));
+    if (watch->done) co_return;
+    if (exchange.peer_closed()) {
+      watch->client_gone = true;
+      upstream.cancel();
+      co_return;
+    }
+  }
+}
+
+} // namespace
+
+net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool) {
+  const GatewayConfig& config = pool.config();
+  // Long streams are bounded by the read timeout between pieces, not by one deadline.
+  exchange.set_deadline(http::Clock::time_point::max());
+
+  // The request head as the upstream sees it.
+  const auto& incoming = exchange.headers();
+  const auto listed = connection_tokens(incoming);
+  bhttp::request<bhttp::empty_body> head{exchange.method(), std::string(exchange.target()), 11};
+  if (exchange.method() == bhttp::verb::unknown) head.method_string(exchange.method_string());
+  for (const auto& field : incoming) {
+    if (is_hop_by_hop(field.name_string(), listed)) continue;
+    if (beast::iequals(field.name_string(), "x-forwarded-for") || beast::iequals(field.name_string(), "x-request-id"))
+      continue;
+    head.insert(field.name_string(), field.value());
+  }
+  const std::string forwarded_for = exchange.header("X-Forwarded-For");
+  head.set("X-Forwarded-For",
+           forwarded_for.empty() ? exchange.remote_address() : forwarded_for + ", " + exchange.remote_address());
+  head.set("X-Real-IP", exchange.remote_address());
+  head.set("X-Forwarded-Proto", "http");
+  if (const auto host = exchange.header(bhttp::field::host); !host.empty()) head.set("X-Forwarded-Host", host);
+  head.set("X-Request-Id", exchange.request_id());
+  const auto body_length = exchange.content_length();
+  const bool chunked_body = !body_length && !exchange.body_complete();
+  if (body_length) head.content_length(*body_length);
+  if (chunked_body) head.chunked(true);
+  head.keep_alive(true);
+
+  // Connect (or reuse) and send the head; until a body byte leaves, another endpoint may be tried.
+  std::set<const Endpoint*> tried;
+  std::optional<Lease> lease;
+  std::unique_ptr<UpstreamConnection> connection;
+  std::string last_failure;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    lease = pool.pick(tried);
+    if (!lease) break;
+    Endpoint& endpoint = lease->endpoint();
+    try {
+      connection = pool.take_idle(endpoint);
+      if (!connection) connection = co_await connect(pool, endpoint);
+      boost::system::error_code ec;
+      connection->stream.expires_after(millis(config.read_timeout_s));
+      bhttp::request_serializer<bhttp::empty_body> serializer{head};
+      co_await bhttp::async_write_header(connection->stream, serializer, net::redirect_error(net::use_awaitable, ec));
+      if (ec) throw UpstreamFailure("send", fmt::format("sending to {} failed: {}", endpoint.label, ec.message()));
+      break;
+    } catch (const UpstreamFailure& failure) {
+      last_failure = failure.what();
+      const bool stale = connection && connection->reused;
+      connection.reset();
+      // A kept-alive connection the upstream closed meanwhile is no fault of the endpoint.
+      if (!stale) {
+        pool.report_failure(endpoint, failure.kind);
+        tried.insert(&endpoint);
+      }
+      spdlog::debug("request {}: {}; trying another endpoint", exchange.request_id(), failure.what());
+      lease.reset();
+    }
+  }
+  if (!lease || !connection) {
+    if (tried.empty()) {
+      throw ApiError::unavailable(fmt::format("No upstream can take the request: {}.", pool.unavailable_reason()),
+                                  pool.retry_after_seconds(), "no_healthy_upstream");
+    }
+    throw bad_gateway(fmt::format("Upstream unreachable: {}.", last_failure));
+  }
+  Endpoint& endpoint = lease->endpoint();
+  auto& upstream = connection->stream;
+
+  // The body, piece by piece as the client sends it.
+  if (!exchange.body_complete()) {
+    for (;;) {
+      const std::string_view piece = co_await exchange.read_body_chunk(); // 413 or ClientGone propagate
+      boost::system::error_code ec;
+      upstream.expires_after(millis(config.read_timeout_s));
+      if (piece.empty()) {
+        if (chunked_body)
+          co_await net::async_write(upstream, bhttp::make_chunk_last(), net::redirect_error(net::use_awaitable, ec));
+      } else if (chunked_body) {
+        co_await net::async_write(upstream, bhttp::make_chunk(net::const_buffer(piece.data(), piece.size())),
+                                  net::redirect_error(net::use_awaitable, ec));
+      } else {
+        co_await net::async_write(upstream, net::const_buffer(piece.data(), piece.size()),
+                                  net::redirect_error(net::use_awaitable, ec));
+      }
+      if (ec) {
+        pool.report_failure(endpoint, "send");
+        throw bad_gateway(
+            fmt::format("Upstream {} broke off while receiving the request body: {}.", endpoint.label, ec.message()));
+      }
+      if (piece.empty()) break;
+    }
+  }
+
+  // The response head, within the read timeout; a client that leaves meanwhile cancels it.
+  bhttp::response_parser<bhttp::buffer_body> parser;
+  parser.body_limit(std::numeric_limits<uint64_t>::max());
+  parser.header_limit(64 * 1024);
+  if (exchange.method() == bhttp::verb::head) parser.skip(true);
+  {
+    auto watch = std::make_shared<ClientWatch>(co_await net::this_coro::executor);
+    net::co_spawn(co_await net::this_coro::executor, watch_client(watch, exchange, upstream), net::detached);
+    boost::system::error_code ec;
+    upstream.expires_after(millis(config.read_timeout_s));
+    co_await bhttp::async_read_header(upstream, connection->buffer, parser,
+                                      net::redirect_error(net::use_awaitable, ec));
+    watch->done = true;
+    watch->timer.cancel();
+    if (watch->client_gone) throw http::ClientGone("client went away while the upstream was answering");
+    if (ec == beast::error::timeout) {
+      pool.report_failure(endpoint, "timeout");
+      throw gateway_timeout(fmt::format("Upstream {} did not answer within {} s (gateway.read_timeout).",
+                                        endpoint.label, config.read_timeout_s));
+    }
+    if (ec) {
+      pool.report_failure(endpoint, "read");
+      throw bad_gateway(
+          fmt::format("Upstream {} closed the connection without an answer: {}.", endpoint.label, ec.message()));
+    }
+  }
+  pool.report_success(endpoint);
+
+  // The response head as the client sees it.
+  const auto& answer = parser.get();
+  const auto answer_listed = connection_tokens(answer.base());
+  bhttp::fields fields;
+  for (const auto& field : answer.base()) {
+    if (is_hop_by_hop(field.name_string(), answer_listed)) continue;
+    if (beast::iequals(field.name_string(), "server") || beast::iequals(field.name_string(), "x-request-id")) continue;
+    fields.insert(field.name_string(), field.value());
+  }
+  std::optional<uint64_t> length;
+  if (const auto declared = parser.content_length()) length = *declared;
+  if (exchange.method() == bhttp::verb::head) {
+    // A HEAD answer keeps the length the upstream declared for the GET.
+    if (const auto declared = answer.find(bhttp::field::content_length); declared != answer.end())
+      fields.set(bhttp::field::content_length, declared->value());
+  }
+  // The body, each piece passed on as it arrives.
+  if (!connection->relay_buffer) connection->relay_buffer = std::make_unique_for_overwrite<char[]>(kRelayBufferSize);
+  char* const buffer = connection->relay_buffer.get();
+  auto read_piece = [&]() -> net::awaitable<std::string_view> {
+    auto& body = parser.get().body();
+    body.data = buffer;
+    body.size = kRelayBufferSize;
+    boost::system::error_code ec;
+    upstream.expires_after(millis(config.read_timeout_s));
+    co_await bhttp::async_read_some(upstream, connection->buffer, parser, net::redirect_error(net::use_awaitable, ec));
+    if (ec == bhttp::error::need_buffer || (ec == bhttp::error::end_of_stream && parser.is_done())) ec = {};
+    if (ec) {
+      pool.report_failure(endpoint, ec == beast::error::timeout ? "timeout" : "read");
+      throw std::runtime_error(
+          fmt::format("upstream {} broke off its response: {}", endpoint.label, ec.message())); // client cut off
+    }
+    co_return std::string_view(buffer, kRelayBufferSize - parser.get().body().size);
+  };
+  // Body bytes that came with the head go out with it, in one write.
+  std::string_view first;
+  if (!parser.is_done() && connection->buffer.size() > 0) first = co_await read_piece();
+  co_await exchange.begin_relay(answer.result_int(), fields, length, first);
+  while (!parser.is_done()) {
+    const std::string_view piece = co_await read_piece();
+    if (!piece.empty()) co_await exchange.write_chunk(piece);
+  }
+  co_await exchange.end_stream();
+  if (parser.keep_alive()) pool.give_back(endpoint, std::move(connection));
+}
+
+net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::string target,
+                                                                 const std::string& request_id) {
+  const GatewayConfig& config = pool.config();
+  std::set<const Endpoint*> tried;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    auto lease = pool.pick(tried);
+    if (!lease) break;
+    Endpoint& endpoint = lease->endpoint();
+    tried.insert(&endpoint);
+    try {
+      auto connection = pool.take_idle(endpoint);
+      if (!connection) connection = co_await connect(pool, endpoint);
+      bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target, 11};
+      request.set(bhttp::field::host, endpoint.address.address().to_string());
+      request.set("X-Request-Id", request_id);
+      request.keep_alive(true);
+      boost::system::error_code ec;
+      connection->stream.expires_after(millis(std::min(config.read_timeout_s, 10.0)));
+      co_await bhttp::async_write(connection->stream, request, net::redirect_error(net::use_awaitable, ec));
+      if (ec) throw UpstreamFailure("send", ec.message());
+      bhttp::response_parser<bhttp::string_body> parser;
+      parser.body_limit(4u << 20);
+      co_await bhttp::async_read(connection->stream, connection->buffer, parser,
+                                 net::redirect_error(net::use_awaitable, ec));
+      if (ec) throw UpstreamFailure(ec == beast::error::timeout ? "timeout" : "read", ec.message());
+      pool.report_success(endpoint);
+      const unsigned status = parser.get().result_int();
+      std::string body = std::move(parser.get().body());
+      if (parser.keep_alive()) pool.give_back(endpoint, std::move(connection));
+      co_return std::pair{status, std::move(body)};
+    } catch (const UpstreamFailure& failure) {
+      pool.report_failure(endpoint, failure.kind);
+      spdlog::debug("request {}: GET {} from {}: {}", request_id, target, endpoint.label, failure.what());
+    }
+  }
+  co_return std::pair{503u, std::string()};
+}
+
+} // namespace mmserve::gateway

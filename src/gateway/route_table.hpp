@@ -1,0 +1,36 @@
+// The gateway's routes: host (exact, "*.domain" or "*") and path prefix to a
+// pool name. The longest matching prefix wins; among equal prefixes an exact
+// host beats a wildcard domain, which beats "*".
+#pragma once
+
+#include "core/config.hpp"
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mmserve::gateway {
+
+struct RouteTarget {
+  std::string prefix; // the route's path prefix: its label in metrics and logs
+  std::string pool;
+};
+
+class RouteTable {
+public:
+  explicit RouteTable(std::vector<GatewayRoute> routes);
+
+  // `host` is the request's Host header (a port, if any, is ignored).
+  std::optional<RouteTarget> match(std::string_view host, std::string_view path) const;
+
+private:
+  std::vector<GatewayRoute> routes_;
+};
+
+// A path prefix matches whole segments: "/v1/chat/vision" matches itself,
+// "/v1/chat/vision/x" and "/v1/chat/vision?x", not "/v1/chat/visionary";
+// a prefix ending in '/' matches anything below it.
+bool path_has_prefix(std::string_view path, std::string_view prefix);
+
+} // namespace mmserve::gateway

@@ -1,0 +1,62 @@
+// A small real HTTP service for the gateway tests, run as its own process so
+// a test can kill it: `node upstream.mjs NAME PORT`. It answers:
+//   GET  /readyz                 200, or 503 after POST /control/unhealthy
+//   GET  /v1/models              one model named after the service
+//   POST /v1/chat/completions    {"stream":true}: SSE events 200 ms apart; else as below
+//   GET  .../slow                never answers
+//   anything else                the request as seen: service, method, path,
+//                                headers, body bytes and their SHA-256 (the
+//                                body is hashed as it streams, never held)
+import { createHash } from 'node:crypto';
+import { createServer } from 'node:http';
+
+const [name, portText] = process.argv.slice(2);
+let healthy = true;
+
+const server = createServer((request, response) => {
+  const url = new URL(request.url, 'http://upstream');
+  const reply = (status, body) => {
+    response.writeHead(status, { 'content-type': 'application/json', 'x-upstream': name });
+    response.end(JSON.stringify(body));
+  };
+  if (url.pathname === '/readyz') return reply(healthy ? 200 : 503, { ready: healthy });
+  if (url.pathname === '/control/unhealthy') { healthy = false; return reply(200, {}); }
+  if (url.pathname === '/control/healthy') { healthy = true; return reply(200, {}); }
+  if (url.pathname === '/v1/models') {
+    return reply(200, { object: 'list', data: [{ id: `${name}-model`, object: 'model', owned_by: name }] });
+  }
+  if (url.pathname.endsWith('/slow')) return; // holds the request open
+
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const chunks = [];
+  request.on('data', (piece) => {
+    bytes += piece.length;
+    hash.update(piece);
+    if (bytes <= 4096) chunks.push(piece);
+  });
+  request.on('end', () => {
+    const small = bytes <= 4096 ? Buffer.concat(chunks).toString() : '';
+    let stream = false;
+    try { stream = JSON.parse(small).stream === true; } catch {}
+    if (url.pathname === '/v1/chat/completions' && stream) {
+      response.writeHead(200, { 'content-type': 'text/event-stream', 'x-upstream': name });
+      let sent = 0;
+      const next = () => {
+        if (response.destroyed) return;
+        if (sent === 5) { response.end('data: [DONE]\n\n'); return; }
+        response.write(`data: ${JSON.stringify({ index: sent, sent_at: Date.now() })}\n\n`);
+        sent += 1;
+        setTimeout(next, 200);
+      };
+      next();
+      return;
+    }
+    reply(200, {
+      service: name, method: request.method, path: request.url, headers: request.headers,
+      bytes, sha256: hash.digest('hex'), body: small,
+    });
+  });
+});
+server.keepAliveTimeout = 60_000;
+server.listen(Number(portText), '127.0.0.1', () => console.log(`listening ${server.address().port}`));
