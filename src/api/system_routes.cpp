@@ -15,29 +15,33 @@ nlohmann::json model_object(const ModelStatus& model) {
 }
 
 void register_system_routes(http::Router& router, const ModelBoard& board, ServerMetrics& metrics,
-                            const std::atomic<bool>& draining) {
+                            const std::atomic<bool>& draining, bool expects_models) {
   router.add("GET", "/healthz", [](http::HttpExchange& exchange) -> http::net::awaitable<void> {
     const nlohmann::json body = {{"status", "ok"}};
     co_await exchange.respond_json(200, body);
   });
 
-  router.add("GET", "/readyz", [&board, &draining](http::HttpExchange& exchange) -> http::net::awaitable<void> {
-    nlohmann::json models = nlohmann::json::array();
-    std::vector<std::string> reasons;
-    const auto snapshot = board.snapshot();
-    for (const auto& model : snapshot) {
-      models.push_back(model_object(model));
-      if (model.state != ModelState::loaded) {
-        reasons.push_back(fmt::format("{} model '{}' is {}{}{}", model.service, model.id, model_state_name(model.state),
-                                      model.detail.empty() ? "" : ": ", model.detail));
-      }
-    }
-    if (snapshot.empty()) reasons.emplace_back("no service is enabled: enable vision, speech or image in the config");
-    if (draining.load()) reasons.insert(reasons.begin(), "shutting down: draining in-flight requests");
-    const bool ready = reasons.empty();
-    const nlohmann::json body = {{"status", ready ? "ready" : "not_ready"}, {"reasons", reasons}, {"models", models}};
-    co_await exchange.respond_json(ready ? 200 : 503, body);
-  });
+  router.add("GET", "/readyz",
+             [&board, &draining, expects_models](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+               nlohmann::json models = nlohmann::json::array();
+               std::vector<std::string> reasons;
+               const auto snapshot = board.snapshot();
+               for (const auto& model : snapshot) {
+                 models.push_back(model_object(model));
+                 if (model.state != ModelState::loaded) {
+                   reasons.push_back(fmt::format("{} model '{}' is {}{}{}", model.service, model.id,
+                                                 model_state_name(model.state), model.detail.empty() ? "" : ": ",
+                                                 model.detail));
+                 }
+               }
+               if (snapshot.empty() && expects_models)
+                 reasons.emplace_back("no service is enabled: enable vision, speech or image in the config");
+               if (draining.load()) reasons.insert(reasons.begin(), "shutting down: draining in-flight requests");
+               const bool ready = reasons.empty();
+               const nlohmann::json body = {
+                   {"status", ready ? "ready" : "not_ready"}, {"reasons", reasons}, {"models", models}};
+               co_await exchange.respond_json(ready ? 200 : 503, body);
+             });
 
   router.add("GET", "/metrics", [&metrics](http::HttpExchange& exchange) -> http::net::awaitable<void> {
     co_await exchange.respond(200, metrics.registry.render(), "text/plain; version=0.0.4; charset=utf-8");

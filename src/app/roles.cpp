@@ -200,7 +200,7 @@ int run_role(Role role, const Config& config) {
   if (image) metrics.queue_depth.labels({"image"}).set(0);
 
   http::HttpServer server(config.server, config.logging.access_log, router, metrics);
-  api::register_system_routes(router, board, metrics, server.draining_flag());
+  api::register_system_routes(router, board, metrics, server.draining_flag(), role != Role::gateway);
   // The gateway fronts `serve` (its remote pools, auth, limits, CORS) and is all the `gateway` role runs.
   std::optional<gateway::Gateway> front;
   if (role == Role::serve || role == Role::gateway) {

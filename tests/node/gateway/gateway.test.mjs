@@ -129,6 +129,9 @@ const seedPools = `
 
 test('the seed routes and the OpenAI paths reach their pools; /v1/models merges them; unknown paths get 404', async () => {
   const gateway = await startMmserve(`gateway:${seedPools}\n`);
+  // A gateway has no model of its own: it is ready as soon as it listens.
+  const ready = await raw(gateway.port, 'GET', '/readyz');
+  assert.equal(ready.status, 200, ready.text);
   const cases = [
     ['/v1/chat/vision', /^vision-/], ['/v1/chat/completions', /^vision-/],
     ['/v1/images/generate', /^image$/], ['/v1/images/generations', /^image$/],
