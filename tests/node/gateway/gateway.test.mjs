@@ -285,6 +285,37 @@ test('an endpoint that stops answering: 502 until it is ejected after max_fails,
   assert.equal(await stop(gateway), 0);
 });
 
+test('a broken upstream: garbage instead of HTTP is a 502, a body cut short cuts the client off; the gateway carries on', async () => {
+  const net = await import('node:net');
+  const rawServer = net.createServer((socket) => {
+    socket.once('data', (request) => {
+      const path = String(request).split(' ')[1];
+      if (path.endsWith('/garbage')) socket.end('HELLO THERE\r\n\r\n');
+      else socket.end('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nonly ten b');
+    });
+  });
+  await new Promise((resolve) => rawServer.listen(0, '127.0.0.1', resolve));
+  const rawUrl = `http://127.0.0.1:${rawServer.address().port}`;
+  const gateway = await startMmserve(`gateway:
+  health_check: {path: /healthz-not-checked, interval: 1h}
+  ejection: {max_fails: 100}
+  routes: [{path: /v1/raw/, pool: raw}, {path: /v1/chat/, pool: vision}]
+  pools:
+    raw: {endpoints: ["${rawUrl}"]}
+    vision: {endpoints: [${vision1.url}]}
+    image: {endpoints: [${image.url}]}
+    speech: {endpoints: [${speech.url}]}
+`);
+  const garbage = await raw(gateway.port, 'GET', '/v1/raw/garbage');
+  assertOpenAIError(garbage, 502, 'bad_gateway');
+  await assert.rejects(raw(gateway.port, 'GET', '/v1/raw/short'), /aborted|socket hang up|ECONNRESET|terminated/i);
+  assert.equal((await post(gateway.port, '/v1/chat/completions', '{}')).status, 200);
+  const text = await metricsText(gateway.base);
+  assert.ok(metricValue(text, 'mmserve_upstream_errors_total', { pool: 'raw', kind: 'read' }) >= 2);
+  assert.equal(await stop(gateway), 0);
+  rawServer.close();
+});
+
 test('killing one of two replicas under load: no request hangs, traffic moves to the other at once', async () => {
   const a = await startUpstream('replica-a');
   const b = await startUpstream('replica-b');
