@@ -257,7 +257,7 @@ int run_role(Role role, const Config& config) {
       server.drain(std::chrono::milliseconds(static_cast<int64_t>(config.server.shutdown_grace_s * 1000)));
     } else {
       spdlog::warn("received a second signal: stopping now");
-      server.io_context().stop();
+      server.stop();
       return;
     }
     signals.async_wait(on_signal);

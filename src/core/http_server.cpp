@@ -5,6 +5,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -86,8 +87,21 @@ std::string choose_request_id(std::string_view client_value) {
 }
 
 HttpServer::HttpServer(const ServerConfig& config, bool access_log, Router& router, ServerMetrics& metrics)
-    : config_(config), access_log_(access_log), router_(router), metrics_(metrics), ioc_(config.io_threads),
-      acceptor_(net::make_strand(ioc_)) {}
+    : config_(config), access_log_(access_log), router_(router), metrics_(metrics), ioc_(1), acceptor_(ioc_) {
+  for (int i = 1; i < config.io_threads; ++i)
+    more_contexts_.push_back(std::make_unique<net::io_context>(1));
+}
+
+net::io_context& HttpServer::next_context() {
+  const size_t index = next_context_++ % (more_contexts_.size() + 1);
+  return index == 0 ? ioc_ : *more_contexts_[index - 1];
+}
+
+void HttpServer::stop() {
+  ioc_.stop();
+  for (auto& context : more_contexts_)
+    context->stop();
+}
 
 HttpServer::~HttpServer() = default;
 
@@ -119,9 +133,14 @@ void HttpServer::listen() {
 void HttpServer::run() {
   net::co_spawn(acceptor_.get_executor(), accept_loop(), net::detached);
   std::vector<std::thread> threads;
-  for (int i = 1; i < config_.io_threads; ++i)
-    threads.emplace_back([this] { ioc_.run(); });
+  std::vector<net::executor_work_guard<net::io_context::executor_type>> keep_running;
+  for (auto& context : more_contexts_) {
+    keep_running.push_back(net::make_work_guard(*context));
+    threads.emplace_back([&context] { context->run(); });
+  }
   ioc_.run();
+  // The first context stops when draining ends (or on a second signal): so do the others.
+  stop();
   for (auto& thread : threads)
     thread.join();
 }
@@ -129,8 +148,7 @@ void HttpServer::run() {
 net::awaitable<void> HttpServer::accept_loop() {
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket =
-        co_await acceptor_.async_accept(net::make_strand(ioc_), net::redirect_error(net::use_awaitable, ec));
+    tcp::socket socket = co_await acceptor_.async_accept(next_context(), net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
       spdlog::warn("accept failed: {}", ec.message());
@@ -364,7 +382,7 @@ net::awaitable<void> HttpServer::watch_drain(std::chrono::steady_clock::time_poi
     boost::system::error_code ec;
     co_await timer.async_wait(net::redirect_error(net::use_awaitable, ec));
   }
-  ioc_.stop();
+  stop();
 }
 
 } // namespace mmserve::http

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace mmserve::http {
 
@@ -41,7 +42,10 @@ public:
   const std::atomic<bool>& draining_flag() const { return draining_; }
   size_t active_requests() const { return active_requests_.load(); }
 
+  // The first I/O context: the listener, signals, timers of the gateway's pools.
   net::io_context& io_context() { return ioc_; }
+  // Stops every I/O context at once (a second signal).
+  void stop();
 
   // Runs before the router for every request (the gateway: access control,
   // CORS, proxying). Returns true when it answered the request itself.
@@ -64,7 +68,14 @@ private:
   Router& router_;
   ServerMetrics& metrics_;
   FrontHandler front_;
+  net::io_context& next_context();
+
+  // One single-threaded I/O context per io thread: a connection lives on
+  // one of them from accept to close, so it needs no strand and its
+  // completions never hop between threads.
   net::io_context ioc_;
+  std::vector<std::unique_ptr<net::io_context>> more_contexts_;
+  std::atomic<size_t> next_context_{0};
   net::ip::tcp::acceptor acceptor_;
   uint16_t bound_port_ = 0;
   std::atomic<bool> draining_{false};

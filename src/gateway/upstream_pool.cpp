@@ -243,12 +243,14 @@ std::optional<Lease> UpstreamPool::pick(const std::set<const Endpoint*>& tried) 
   return Lease(*this, best);
 }
 
-std::unique_ptr<UpstreamConnection> UpstreamPool::take_idle(Endpoint& endpoint) {
+std::unique_ptr<UpstreamConnection> UpstreamPool::take_idle(Endpoint& endpoint, const net::any_io_executor& executor) {
   const auto now = Clock::now();
   std::lock_guard lock(mutex_);
-  while (!endpoint.idle.empty()) {
-    auto connection = std::move(endpoint.idle.back());
-    endpoint.idle.pop_back();
+  for (auto it = endpoint.idle.end(); it != endpoint.idle.begin();) {
+    --it;
+    if ((*it)->stream.get_executor() != executor) continue;
+    auto connection = std::move(*it);
+    it = endpoint.idle.erase(it);
     if (now - connection->idle_since < millis(config_.idle_connection_timeout_s) && still_open(connection->stream)) {
       connection->reused = true;
       return connection;

@@ -88,8 +88,9 @@ public:
   // The usable endpoint with the fewest outstanding requests, skipping
   // `tried`; nullopt when none is usable.
   std::optional<Lease> pick(const std::set<const Endpoint*>& tried);
-  // A kept-alive connection that is still open, or nullptr.
-  std::unique_ptr<UpstreamConnection> take_idle(Endpoint& endpoint);
+  // A kept-alive connection to the endpoint, still open and driven by
+  // `executor` (the asking request's I/O context), or nullptr.
+  std::unique_ptr<UpstreamConnection> take_idle(Endpoint& endpoint, const net::any_io_executor& executor);
   void give_back(Endpoint& endpoint, std::unique_ptr<UpstreamConnection> connection);
   void report_success(Endpoint& endpoint);
   // `kind`: connect, timeout, send, read (the metric's label).
