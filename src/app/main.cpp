@@ -1,5 +1,6 @@
 // mmserve: one binary, several roles. Parses the command line, loads the
 // configuration (file, then environment, then flags) and runs the role.
+#include "app/model_pull.hpp"
 #include "app/roles.hpp"
 #include "core/config.hpp"
 #include "core/logging.hpp"
@@ -126,6 +127,27 @@ void apply_flags(Config& config, Role role, const CommonFlags& common, const Ser
   }
 }
 
+// Where the model store is: --models-dir, else MMSERVE_MODELS, else the
+// config file's models_dir, else the default under the user's cache.
+std::string models_dir_for(const std::string& config_file, const std::string& flag) {
+  Config config = config_file.empty() ? Config{} : mmserve::load_config_file(config_file);
+  if (const char* env = std::getenv("MMSERVE_MODELS"); env && *env) config.models_dir = env;
+  if (!flag.empty()) config.models_dir = flag;
+  mmserve::finalize_config(config);
+  return config.models_dir;
+}
+
+struct StoreFlags {
+  std::string config_file;
+  std::string models_dir;
+};
+
+void add_store_flags(CLI::App& command, StoreFlags& flags) {
+  command.add_option("-c,--config", flags.config_file, "YAML configuration file (its models_dir)")
+      ->check(CLI::ExistingFile);
+  command.add_option("--models-dir", flags.models_dir, "Model store folder (default: MMSERVE_MODELS, models_dir)");
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -158,10 +180,61 @@ int main(int argc, char** argv) {
   auto& image = add_role(Role::image, "Image generation service (Stable Diffusion)");
   add_image_flags(*image.command, image.service);
 
+  // Model store commands, beside the roles.
+  StoreFlags pull_store;
+  mmserve::PullOptions pull_options;
+  std::string pull_spec;
+  auto* pull = app.add_subcommand("pull", "Download a model from Hugging Face (HF_ENDPOINT, HF_TOKEN) into the store");
+  pull->add_option("model", pull_spec, "A known name (see `mmserve pull --list`) or REPO:FILE");
+  pull->add_option("--revision", pull_options.revision, "Branch, tag or commit (default: main)");
+  pull->add_option("--name", pull_options.name, "Local name of a REPO:FILE pull (default: the file's stem)");
+  pull->add_option("--family", pull_options.family, "vision, speech or image (default: from the file name)")
+      ->check(CLI::IsMember({"vision", "speech", "image"}));
+  bool pull_list = false;
+  pull->add_flag("--list", pull_list, "List the known model names and exit");
+  add_store_flags(*pull, pull_store);
+  StoreFlags models_store;
+  auto* models = app.add_subcommand("models", "The model store: list and remove pulled models");
+  models->require_subcommand(1);
+  auto* models_list = models->add_subcommand("list", "Pulled models with their sizes and sources");
+  add_store_flags(*models_list, models_store);
+  std::string rm_name;
+  auto* models_rm = models->add_subcommand("rm", "Remove a pulled model's files and manifest");
+  models_rm->add_option("name", rm_name, "Model name, as `mmserve models list` shows it")->required();
+  add_store_flags(*models_rm, models_store);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
     return app.exit(error);
+  }
+
+  if (pull->parsed() || models->parsed()) {
+    try {
+      if (pull->parsed() && pull_list) {
+        for (const auto& entry : mmserve::model_catalogue())
+          std::cout << fmt::format("{:<24} {:<7} {}\n", entry.name, entry.family, entry.description);
+        return 0;
+      }
+      if (pull->parsed()) {
+        if (pull_spec.empty()) {
+          std::cerr << "mmserve pull: name a model (`mmserve pull --list`) or REPO:FILE\n";
+          return 2;
+        }
+        pull_options.models_dir = models_dir_for(pull_store.config_file, pull_store.models_dir);
+        if (const char* endpoint = std::getenv("HF_ENDPOINT"); endpoint && *endpoint) pull_options.endpoint = endpoint;
+        if (const char* token = std::getenv("HF_TOKEN"); token && *token) pull_options.token = token;
+        return mmserve::run_pull(pull_spec, pull_options);
+      }
+      const std::string dir = models_dir_for(models_store.config_file, models_store.models_dir);
+      return models_list->parsed() ? mmserve::run_models_list(dir) : mmserve::run_models_rm(dir, rm_name);
+    } catch (const mmserve::ConfigError& error) {
+      std::cerr << "mmserve: configuration error: " << error.what() << '\n';
+      return 2;
+    } catch (const std::exception& error) {
+      std::cerr << "mmserve: " << error.what() << '\n';
+      return 1;
+    }
   }
 
   for (const auto& entry : roles) {

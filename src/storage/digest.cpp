@@ -3,6 +3,12 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <cerrno>
+#include <fstream>
+#include <memory>
+#include <system_error>
+#include <vector>
+
 namespace mmserve::storage {
 
 std::string to_hex(std::string_view bytes) {
@@ -20,6 +26,23 @@ std::string sha256_hex(std::string_view bytes) {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
   EVP_Digest(bytes.data(), bytes.size(), out, &size, EVP_sha256(), nullptr);
+  return to_hex(std::string_view(reinterpret_cast<const char*>(out), size));
+}
+
+std::string sha256_file_hex(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::system_error(errno, std::generic_category(), "cannot read " + path);
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr);
+  std::vector<char> chunk(1 << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(context.get(), chunk.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) throw std::system_error(errno, std::generic_category(), "cannot read " + path);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  EVP_DigestFinal_ex(context.get(), out, &size);
   return to_hex(std::string_view(reinterpret_cast<const char*>(out), size));
 }
 

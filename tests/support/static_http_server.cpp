@@ -51,6 +51,11 @@ int StaticHttpServer::hits(const std::string& path) {
   return hits_[path];
 }
 
+std::map<std::string, std::string> StaticHttpServer::last_request_headers(const std::string& path) {
+  std::lock_guard lock(mutex_);
+  return last_headers_[path];
+}
+
 void StaticHttpServer::serve(tcp::socket socket) {
   boost::system::error_code error;
   boost::beast::flat_buffer buffer;
@@ -62,9 +67,31 @@ void StaticHttpServer::serve(tcp::socket socket) {
     std::lock_guard lock(mutex_);
     const std::string path(request.target());
     ++hits_[path];
+    auto& headers = last_headers_[path];
+    headers.clear();
+    for (const auto& field : request) {
+      std::string name(field.name_string());
+      for (auto& c : name)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      headers[name] = std::string(field.value());
+    }
     if (const auto it = routes_.find(path); it != routes_.end()) scripted = it->second;
   }
   std::this_thread::sleep_for(scripted.delay);
+  // Only the open-ended form clients use to resume ("bytes=N-").
+  if (const auto range = std::string(request[bhttp::field::range]);
+      scripted.ranges && range.starts_with("bytes=") && range.ends_with("-")) {
+    const uint64_t first = std::stoull(range.substr(6, range.size() - 7));
+    const uint64_t size = scripted.body.size();
+    if (first >= size) {
+      scripted = {416, {{"Content-Range", "bytes */" + std::to_string(size)}}, ""};
+    } else {
+      scripted.status = 206;
+      scripted.headers["Content-Range"] =
+          "bytes " + std::to_string(first) + "-" + std::to_string(size - 1) + "/" + std::to_string(size);
+      scripted.body = scripted.body.substr(first);
+    }
+  }
   bhttp::response<bhttp::string_body> response{static_cast<bhttp::status>(scripted.status), 11};
   for (const auto& [name, value] : scripted.headers)
     response.set(name, value);

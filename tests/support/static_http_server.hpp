@@ -23,6 +23,7 @@ struct ScriptedResponse {
   std::string body;
   std::chrono::milliseconds delay{0};      // before the response head is sent
   std::optional<uint64_t> declared_length; // a Content-Length other than body.size()
+  bool ranges = false;                     // answer "Range: bytes=N-" with 206 and the tail (416 past the end)
 };
 
 class StaticHttpServer {
@@ -36,6 +37,8 @@ public:
   uint16_t port() const { return port_; }
   std::string url(const std::string& path) const;
   int hits(const std::string& path);
+  // The headers of the last request for `path` (lower-case names).
+  std::map<std::string, std::string> last_request_headers(const std::string& path);
 
 private:
   void serve(boost::asio::ip::tcp::socket socket);
@@ -47,6 +50,7 @@ private:
   std::mutex mutex_;
   std::map<std::string, ScriptedResponse> routes_;
   std::map<std::string, int> hits_;
+  std::map<std::string, std::map<std::string, std::string>> last_headers_;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };
