@@ -15,8 +15,9 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 # Build: compiler toolchain, CMake, the libraries DESIGN.md names.
 # Test: promtool (prometheus), python3-numpy (model generators), ffmpeg and
 # espeak-ng (audio fixtures made at test time), clang with its sanitizer and
-# libFuzzer runtimes (fuzz targets). Bench peers: vipsthumbnail, Pillow,
-# nginx, and wrk to load nginx and the gateway alike.
+# libFuzzer runtimes (fuzz targets), chromium and a font for the playground's
+# browser tests. Bench peers: vipsthumbnail, Pillow, nginx, and wrk to load
+# nginx and the gateway alike.
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
   libboost-dev nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
@@ -25,6 +26,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus python3 python3-numpy ffmpeg espeak-ng
   clang libclang-rt-14-dev libvips-tools python3-pil nginx wrk
+  chromium fonts-dejavu-core
   nodejs npm openssl
 )
 

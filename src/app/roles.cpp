@@ -1,6 +1,7 @@
 #include "app/roles.hpp"
 
 #include "gateway/gateway.hpp"
+#include "playground/playground_routes.hpp"
 
 #include "api/chat_completion.hpp"
 #include "api/chat_routes.hpp"
@@ -201,6 +202,9 @@ int run_role(Role role, const Config& config) {
 
   http::HttpServer server(config.server, config.logging.access_log, router, metrics);
   api::register_system_routes(router, board, metrics, server.draining_flag(), role != Role::gateway);
+  // The page for people: where every service of this process (or behind this gateway) is one click away.
+  if (config.server.playground && (role == Role::serve || role == Role::gateway))
+    playground::register_playground_routes(router);
   // The gateway fronts `serve` (its remote pools, auth, limits, CORS) and is all the `gateway` role runs.
   std::optional<gateway::Gateway> front;
   if (role == Role::serve || role == Role::gateway) {

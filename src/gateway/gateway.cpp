@@ -12,8 +12,10 @@ namespace mmserve::gateway {
 namespace {
 
 bool exempt_from_access_control(std::string_view path) {
-  // Probes and the Prometheus scrape come from the cluster itself.
-  return path == "/healthz" || path == "/readyz" || path == "/metrics";
+  // Probes and the Prometheus scrape come from the cluster itself; the
+  // playground's static files hold no data (its API calls carry the key).
+  return path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/" ||
+         path.starts_with("/playground/");
 }
 
 std::string seconds_header(double seconds) {
