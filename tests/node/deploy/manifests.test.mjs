@@ -1,16 +1,17 @@
 // deploy/k8s: every manifest parses and validates against the Kubernetes API
 // schemas (kubernetes-models, and its Prometheus Operator package for the
-// monitoring.coreos.com objects), every overlay renders (kustomize.mjs,
-// checked against `kubectl kustomize` where kubectl is installed), the
-// rendered objects refer to each other correctly, and the base keeps every
-// fact of the seed's manifests.
+// monitoring.coreos.com objects) with no field they do not define, every
+// overlay renders (kustomize.mjs, checked against `kubectl kustomize` where
+// kubectl is installed), the rendered objects refer to each other correctly,
+// and the base keeps every fact of the seed's manifests.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
 import { k8sDir, key, loadYamlDocuments, overlays, render, repoRoot } from './kustomize.mjs';
+import { unknownFields } from './unknown_fields.mjs';
 
 // The schema class of an object: kubernetes-models/<group>/<version>/<Kind>.
 async function modelClass(object) {
@@ -30,6 +31,10 @@ async function validate(object, where) {
     assert.fail(`${where}: no schema for ${object.apiVersion} ${object.kind}: ${error.message}`);
   }
   assert.doesNotThrow(() => new Model(object).validate(), (e) => `${where}: ${key(object)}: ${e.message}`);
+  // validate() lets unknown properties (typos) through: see unknown_fields.mjs.
+  const unknown = unknownFields(Model, object)
+    .map((u) => `${where}: ${object.kind} ${object.metadata.name}: ${u.path} is not a field of ${u.schema}`);
+  assert.deepEqual(unknown, [], unknown.join('\n'));
 }
 
 function manifestFiles(dir) {
@@ -46,13 +51,43 @@ test('the schema check refuses a broken manifest (control)', async () => {
   await assert.rejects(validate(broken, 'control'), /containerPort must be integer/);
 });
 
+// A real manifest with typos that kubernetes-models' validate() accepts.
+const whisperFile = 'deploy/k8s/base/whisper.yaml';
+const whisper = () => structuredClone(loadYamlDocuments(join(repoRoot, whisperFile)).find((o) => o.kind === 'Deployment'));
+
+test('the schema check refuses unknown fields (control)', async () => {
+  const typo = whisper();
+  const [container] = typo.spec.template.spec.containers;
+  container.contanerPort = container.ports[0].containerPort;
+  container.resources.limit = container.resources.limits;
+  const { Deployment } = await import('kubernetes-models/apps/v1/Deployment');
+  assert.doesNotThrow(() => new Deployment(typo).validate(), 'the gap: kubernetes-models alone accepts both');
+  await assert.rejects(validate(typo, whisperFile), (e) => {
+    assert.match(e.message, /^deploy\/k8s\/base\/whisper\.yaml: Deployment whisper-service: spec\.template\.spec\.containers\[0\]\.contanerPort is not a field of Container$/m);
+    assert.match(e.message, /: spec\.template\.spec\.containers\[0\]\.resources\.limit is not a field of ResourceRequirements$/m);
+    return true;
+  });
+  // The Prometheus Operator's schemas too.
+  const rule = loadYamlDocuments(join(k8sDir, 'monitoring/prometheusrule.yaml'))[0];
+  rule.spec.groups[0].rules[0].exp = rule.spec.groups[0].rules[0].expr;
+  await assert.rejects(validate(rule, 'control'), /spec\.groups\[0\]\.rules\[0\]\.exp is not a field of Rule$/m);
+});
+
+test('the schema check accepts new keys in maps (control)', async () => {
+  const ok = whisper();
+  ok.metadata.labels['app.kubernetes.io/version'] = '0.1.0';
+  ok.spec.template.metadata.annotations['example.com/owner'] = 'ml-platform';
+  ok.spec.template.spec.containers[0].resources.limits.cpu = '4';
+  await validate(ok, whisperFile);
+});
+
 test('every manifest file validates against the Kubernetes API schemas', async () => {
   const files = manifestFiles(k8sDir);
   assert.ok(files.length >= 10, files.join(' '));
   for (const file of files) {
     const objects = loadYamlDocuments(file);
     assert.ok(objects.length > 0, file);
-    for (const object of objects) await validate(object, file);
+    for (const object of objects) await validate(object, relative(repoRoot, file));
   }
 });
 
@@ -63,7 +98,7 @@ for (const overlay of overlays) {
     for (const object of objects) {
       assert.ok(!byKey.has(key(object)), `${overlay}: ${key(object)} twice`);
       byKey.set(key(object), object);
-      await validate(object, overlay);
+      await validate(object, `deploy/k8s/${overlay}`);
     }
     const get = (kind, name) => byKey.get(`${kind}//${name}`);
     const deployments = objects.filter((o) => o.kind === 'Deployment');
