@@ -4,17 +4,16 @@
 #pragma once
 
 #include "api/chat_request.hpp"
-#include "core/model_board.hpp"
 #include "core/router.hpp"
 
 #include <functional>
 
 namespace mmserve::api {
 
-// Runs one validated request against a loaded model and writes the response
-// (JSON or SSE). Provided by the vision service once its engine is loaded.
+// Runs one validated request on the model it names (leased from the model
+// registry, loaded on first use) and writes the response (JSON or SSE).
 using ChatEngine = std::function<http::net::awaitable<void>(const ChatRequest&, http::HttpExchange&)>;
 
-void register_chat_routes(http::Router& router, const ModelBoard& board, ChatEngine engine);
+void register_chat_routes(http::Router& router, ChatEngine engine);
 
 } // namespace mmserve::api

@@ -1,7 +1,6 @@
 #include "api/speech_routes.hpp"
 
 #include "api/engine_response.hpp"
-#include "api/model_lookup.hpp"
 #include "api/transcription_request.hpp"
 
 #include <boost/asio/this_coro.hpp>
@@ -102,23 +101,23 @@ http::net::awaitable<void> respond_stream(const asr::WhisperEngine::Submission& 
 
 } // namespace
 
-void register_speech_routes(http::Router& router, const ModelBoard& board, SpeechEngineSource engine_source,
-                            uint64_t max_audio_bytes) {
+void register_speech_routes(http::Router& router, ModelRegistry& registry, uint64_t max_audio_bytes) {
   for (const bool translation : {false, true}) {
-    auto handler = [&board, engine_source, max_audio_bytes,
+    auto handler = [&registry, max_audio_bytes,
                     translation](http::HttpExchange& exchange) -> http::net::awaitable<void> {
-      // The model's state is known before the upload: no point reading 100 MB to answer 503.
-      loaded_model_for(board, "speech", "", "speech");
+      // Known before the upload: no point reading 100 MB to answer 503.
+      registry.check_servable("speech");
       MultipartLimits limits;
       limits.max_file_bytes = max_audio_bytes;
       MultipartForm form = co_await read_multipart_form(exchange, limits);
       const TranscriptionRequest request = parse_transcription_request(form, translation);
-      loaded_model_for(board, "speech", request.model, "speech", {"whisper-1"});
-      auto engine = engine_source();
-      if (!engine) throw ApiError::unavailable("The speech engine is not running.", 5, "model_not_loaded");
+      const std::string id = registry.resolve("speech", request.model, "speech", {"whisper-1"});
+      // The lease keeps the model loaded until the answer is written.
+      const ModelLease lease = co_await registry.acquire(id, exchange.deadline());
+      auto& engine = lease.get<asr::WhisperEngine>();
       // The upload moves into the job: it is decoded once, on an engine worker.
       auto submission =
-          engine->submit(std::move(form.file->data), request.params, co_await boost::asio::this_coro::executor);
+          engine.submit(std::move(form.file->data), request.params, co_await boost::asio::this_coro::executor);
       JobGuard guard{submission.job};
       if (request.stream) {
         co_await respond_stream(submission, guard, exchange);

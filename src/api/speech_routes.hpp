@@ -3,7 +3,7 @@
 // and the transcript written in the requested format or streamed as SSE.
 #pragma once
 
-#include "core/model_board.hpp"
+#include "core/model_registry.hpp"
 #include "core/router.hpp"
 #include "engines/asr/whisper_engine.hpp"
 
@@ -12,10 +12,7 @@
 
 namespace mmserve::api {
 
-// The loaded engine, or null while the model loads.
-using SpeechEngineSource = std::function<std::shared_ptr<asr::WhisperEngine>()>;
-
-void register_speech_routes(http::Router& router, const ModelBoard& board, SpeechEngineSource engine,
-                            uint64_t max_audio_bytes);
+// Speech models are leased from the registry (its engines are asr::WhisperEngine).
+void register_speech_routes(http::Router& router, ModelRegistry& registry, uint64_t max_audio_bytes);
 
 } // namespace mmserve::api

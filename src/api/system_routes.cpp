@@ -11,6 +11,8 @@ nlohmann::json model_object(const ModelStatus& model) {
   };
   if (model.state == ModelState::loading) object["progress"] = model.progress;
   if (!model.detail.empty()) object["detail"] = model.detail;
+  if (model.memory_bytes > 0) object["memory_bytes"] = model.memory_bytes;
+  if (model.state == ModelState::available && model.on_demand) object["loads_on_demand"] = true;
   return object;
 }
 
@@ -28,7 +30,10 @@ void register_system_routes(http::Router& router, const ModelBoard& board, Serve
                const auto snapshot = board.snapshot();
                for (const auto& model : snapshot) {
                  models.push_back(model_object(model));
-                 if (model.state != ModelState::loaded) {
+                 // A model the registry loads when asked for can serve: it does not hold readiness back.
+                 const bool servable =
+                     model.state == ModelState::loaded || (model.state == ModelState::available && model.on_demand);
+                 if (!servable) {
                    reasons.push_back(fmt::format("{} model '{}' is {}{}{}", model.service, model.id,
                                                  model_state_name(model.state), model.detail.empty() ? "" : ": ",
                                                  model.detail));

@@ -5,13 +5,17 @@
 
 #include "api/chat_completion.hpp"
 #include "api/chat_routes.hpp"
+#include "api/model_routes.hpp"
 #include "api/speech_routes.hpp"
 #include "api/system_routes.hpp"
 #include "app/media_cache.hpp"
 #include "app/model_discovery.hpp"
+#include "app/model_memory.hpp"
+#include "app/model_store.hpp"
 #include "core/http_server.hpp"
 #include "core/logging.hpp"
 #include "core/model_board.hpp"
+#include "core/model_registry.hpp"
 #include "core/version.hpp"
 #include "engines/asr/whisper_convert.hpp"
 #include "engines/asr/whisper_engine.hpp"
@@ -22,6 +26,8 @@
 
 #include <boost/asio/signal_set.hpp>
 #include <csignal>
+#include <filesystem>
+#include <set>
 #include <thread>
 
 namespace mmserve {
@@ -41,84 +47,12 @@ void publish_and_report(ModelBoard& board, const ModelStatus& status) {
              {"detail", status.detail}});
 }
 
-// A service's engine, loaded on its own thread so the server answers
-// /healthz and /readyz (with progress) while a large model loads.
-template <typename Engine> class BackgroundModel {
-public:
-  using Progress = std::function<void(float)>;
-  using Loader = std::function<std::shared_ptr<Engine>(const Progress&)>;
-
-  BackgroundModel(ModelBoard& board, ModelStatus status, Loader loader) : board_(board), status_(std::move(status)) {
-    if (status_.state != ModelState::available) {
-      publish_and_report(board_, status_);
-      return;
-    }
-    board_.publish(status_); // loading starts right away
-    loader_ = std::thread([this, loader = std::move(loader)] { load(loader); });
-  }
-  ~BackgroundModel() {
-    if (loader_.joinable()) loader_.join();
-    std::lock_guard lock(mutex_);
-    engine_.reset(); // stops the engine's threads
-  }
-
-  std::shared_ptr<Engine> engine() {
-    std::lock_guard lock(mutex_);
-    return engine_;
-  }
-
-private:
-  void load(const Loader& loader) {
-    ModelStatus status = status_;
-    status.state = ModelState::loading;
-    status.detail.clear();
-    board_.publish(status);
-    log_event(spdlog::level::info, "loading model",
-              {{"service", status.service}, {"model", status.id}, {"path", status.path}});
-    int last_percent = -1;
-    const auto started = std::chrono::steady_clock::now();
-    try {
-      auto engine = loader([&](float progress) {
-        const int percent = static_cast<int>(progress * 100);
-        if (percent / 10 == last_percent / 10 && percent != 100) return;
-        last_percent = percent;
-        status.progress = progress;
-        board_.publish(status);
-        spdlog::info("loading {} model '{}': {}%", status.service, status.id, percent);
-      });
-      {
-        std::lock_guard lock(mutex_);
-        engine_ = std::move(engine);
-      }
-      status.state = ModelState::loaded;
-      status.progress = 1;
-      board_.publish(status);
-      log_event(spdlog::level::info, "model loaded",
-                {{"service", status.service},
-                 {"model", status.id},
-                 {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()}});
-    } catch (const std::exception& error) {
-      status.state = ModelState::failed;
-      status.detail = error.what();
-      publish_and_report(board_, status);
-    }
-  }
-
-  ModelBoard& board_;
-  ModelStatus status_;
-  std::mutex mutex_;
-  std::shared_ptr<Engine> engine_;
-  std::thread loader_;
-};
-
-using VisionModel = BackgroundModel<vlm::VlmEngine>;
-using SpeechModel = BackgroundModel<asr::WhisperEngine>;
-
-void start_vision(std::optional<VisionModel>& model, const Config& config, ModelBoard& board, ServerMetrics& metrics) {
-  VisionModelFiles files;
-  ModelStatus status = discover_vision_model(config.vision, &files);
+// The engine loader of one vision model: LOAD_8BIT and --dtype convert the
+// weights once into the model cache first.
+EngineLoader vision_loader(const VisionModelFiles& files, const std::string& id, const Config& config,
+                           ServerMetrics& metrics) {
   vlm::EngineOptions options;
-  options.model_id = status.id;
+  options.model_id = id;
   options.model_path = files.model;
   options.mmproj_path = files.mmproj;
   options.context_per_slot = config.vision.max_model_len;
@@ -128,22 +62,30 @@ void start_vision(std::optional<VisionModel>& model, const Config& config, Model
   options.gpu_count = config.vision.gpu_count;
   options.tensor_split = config.vision.tensor_split;
   options.image_cache_bytes = config.vision.image_cache_bytes;
-  if (config.vision.dtype != "auto" && config.vision.load_8bit) {
-    spdlog::info("vision.dtype {} is overridden by LOAD_8BIT: the weights load as Q8_0", config.vision.dtype);
-  }
   const std::string cache_dir = config.models_dir + "/cache";
-  model.emplace(board, status,
-                [options, cache_dir, dtype = config.vision.dtype, load_8bit = config.vision.load_8bit,
-                 &metrics](const VisionModel::Progress& progress) mutable {
-                  if (load_8bit) {
-                    options.model_path = vlm::ensure_q8_0(options.model_path, cache_dir);
-                  } else if (dtype != "auto") {
-                    // vLLM converts weights to --dtype at load; here the GGUF is converted once into the cache.
-                    options.model_path =
-                        vlm::ensure_weight_type(options.model_path, cache_dir, vlm::weight_type_of_dtype(dtype));
-                  }
-                  return std::make_shared<vlm::VlmEngine>(options, metrics, progress);
-                });
+  return [options, cache_dir, dtype = config.vision.dtype, load_8bit = config.vision.load_8bit,
+          &metrics](const LoadProgress& progress) mutable -> std::shared_ptr<void> {
+    if (load_8bit) {
+      options.model_path = vlm::ensure_q8_0(options.model_path, cache_dir);
+    } else if (dtype != "auto") {
+      // vLLM converts weights to --dtype at load; here the GGUF is converted once into the cache.
+      options.model_path = vlm::ensure_weight_type(options.model_path, cache_dir, vlm::weight_type_of_dtype(dtype));
+    }
+    return std::make_shared<vlm::VlmEngine>(options, metrics, progress);
+  };
+}
+
+void add_vision_model(ModelRegistry& registry, const VisionConfig& vision, const Config& config, ServerMetrics& metrics,
+                      bool preload) {
+  VisionModelFiles files;
+  RegisteredModel model;
+  model.status = discover_vision_model(vision, &files);
+  model.preload = preload;
+  if (model.status.state == ModelState::available) {
+    model.memory_bytes = estimate_vision_memory(files.model, files.mmproj, config.vision);
+    model.loader = vision_loader(files, model.status.id, config, metrics);
+  }
+  registry.add(std::move(model));
 }
 
 // DEVICE=cuda|auto use the first GPU when this build has a GPU backend.
@@ -157,11 +99,11 @@ bool speech_uses_gpu(const std::string& device) {
   return have_gpu;
 }
 
-void start_speech(std::optional<SpeechModel>& model, const Config& config, ModelBoard& board, ServerMetrics& metrics) {
-  const ModelStatus status = discover_speech_model(config.speech);
+EngineLoader speech_loader(const std::string& path, const std::string& id, const Config& config,
+                           ServerMetrics& metrics) {
   asr::AsrOptions options;
-  options.model_id = status.id;
-  options.model_path = status.path;
+  options.model_id = id;
+  options.model_path = path;
   options.vad_model_path = config.speech.vad_model_path;
   options.parallel = config.speech.parallel;
   options.max_queue = config.speech.max_queue;
@@ -170,15 +112,91 @@ void start_speech(std::optional<SpeechModel>& model, const Config& config, Model
   options.best_of = config.speech.best_of;
   options.audio_limits.max_bytes = config.speech.max_audio_bytes;
   options.audio_limits.max_seconds = config.speech.max_audio_seconds;
-  model.emplace(board, status,
-                [options, device = config.speech.device, compute_type = config.speech.compute_type,
-                 cache_dir = config.models_dir + "/cache", &metrics](const SpeechModel::Progress&) mutable {
-                  // COMPUTE_TYPE picks the weights; a missing type is made once into the model cache.
-                  options.model_path = asr::ensure_whisper_weights(options.model_path, cache_dir,
-                                                                   asr::whisper_weights_of_compute_type(compute_type));
-                  options.use_gpu = speech_uses_gpu(device);
-                  return std::make_shared<asr::WhisperEngine>(options, metrics);
-                });
+  return [options, device = config.speech.device, compute_type = config.speech.compute_type,
+          cache_dir = config.models_dir + "/cache", &metrics](const LoadProgress&) mutable -> std::shared_ptr<void> {
+    // COMPUTE_TYPE picks the weights; a missing type is made once into the model cache.
+    options.model_path =
+        asr::ensure_whisper_weights(options.model_path, cache_dir, asr::whisper_weights_of_compute_type(compute_type));
+    options.use_gpu = speech_uses_gpu(device);
+    return std::make_shared<asr::WhisperEngine>(options, metrics);
+  };
+}
+
+void add_speech_model(ModelRegistry& registry, const SpeechConfig& speech, const std::string& name,
+                      const Config& config, ServerMetrics& metrics, bool preload) {
+  RegisteredModel model;
+  model.status = discover_speech_model(speech);
+  if (!name.empty()) model.status.id = name;
+  model.preload = preload;
+  if (model.status.state == ModelState::available) {
+    model.memory_bytes = estimate_speech_memory(model.status.path, config.speech);
+    model.loader = speech_loader(model.status.path, model.status.id, config, metrics);
+  }
+  registry.add(std::move(model));
+}
+
+std::string canonical_or_empty(const std::string& path) {
+  if (path.empty()) return {};
+  std::error_code ec;
+  const auto canonical = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : canonical.string();
+}
+
+// Every model a service can serve: its configured one (loaded at start), the
+// registry's extra models, and those pulled into the model store.
+void register_models(ModelRegistry& registry, const std::string& service, const Config& config,
+                     ServerMetrics& metrics) {
+  std::set<std::string> paths; // a store model that is also configured is listed once
+  const auto remember = [&](const std::string& id) { paths.insert(canonical_or_empty(registry.status(id).path)); };
+  if (service == "vision") {
+    add_vision_model(registry, config.vision, config, metrics, true);
+    remember(registry.resolve("vision", "", "chat"));
+  } else {
+    add_speech_model(registry, config.speech, "", config, metrics, true);
+    remember(registry.resolve("speech", "", "speech"));
+  }
+  for (const auto& extra : config.registry.models) {
+    if (extra.service != service) continue;
+    if (service == "vision") {
+      VisionConfig vision = config.vision;
+      vision.model_path = extra.path;
+      vision.mmproj_path = extra.mmproj;
+      vision.model_name = extra.name;
+      add_vision_model(registry, vision, config, metrics, extra.preload);
+    } else {
+      SpeechConfig speech = config.speech;
+      speech.model_path = extra.path;
+      add_speech_model(registry, speech, extra.name, config, metrics, extra.preload);
+    }
+    remember(extra.name);
+  }
+  if (!config.registry.include_store || config.models_dir.empty()) return;
+  for (const auto& manifest : ModelStore(config.models_dir).list()) {
+    if (manifest.family != service) continue;
+    std::string model_file, mmproj_file;
+    for (const auto& file : manifest.files) {
+      const std::string path = config.models_dir + "/" + file.path;
+      const bool projector = file.path.find("mmproj") != std::string::npos;
+      if (projector && mmproj_file.empty()) mmproj_file = path;
+      if (!projector && model_file.empty()) model_file = path;
+    }
+    if (model_file.empty() || paths.contains(canonical_or_empty(model_file))) continue;
+    try {
+      if (service == "vision") {
+        VisionConfig vision = config.vision;
+        vision.model_path = model_file;
+        vision.mmproj_path = mmproj_file;
+        vision.model_name = manifest.name;
+        add_vision_model(registry, vision, config, metrics, false);
+      } else {
+        SpeechConfig speech = config.speech;
+        speech.model_path = model_file;
+        add_speech_model(registry, speech, manifest.name, config, metrics, false);
+      }
+    } catch (const std::invalid_argument& error) {
+      spdlog::warn("model store: {} (skipped)", error.what());
+    }
+  }
 }
 
 } // namespace
@@ -191,11 +209,13 @@ int run_role(Role role, const Config& config) {
   const bool vision = runs(role, Role::vision, config.vision.enabled);
   const bool speech = runs(role, Role::speech, config.speech.enabled);
   const bool image = runs(role, Role::image, config.image.enabled);
-  std::optional<VisionModel> vision_model;
-  std::optional<SpeechModel> speech_model;
-  if (vision) start_vision(vision_model, config, board, metrics);
-  if (speech) start_speech(speech_model, config, board, metrics);
+  // Reset by hand after the server stops: engines post their last events to its io_context.
+  std::optional<ModelRegistry> registry;
+  registry.emplace(board, metrics, config.registry.memory_budget, config.registry.idle_unload_s);
+  if (vision) register_models(*registry, "vision", config, metrics);
+  if (speech) register_models(*registry, "speech", config, metrics);
   if (image) publish_and_report(board, discover_image_model(config.image));
+  registry->preload();
   if (vision) metrics.queue_depth.labels({"vision"}).set(0);
   if (speech) metrics.queue_depth.labels({"speech"}).set(0);
   if (image) metrics.queue_depth.labels({"image"}).set(0);
@@ -222,21 +242,17 @@ int run_role(Role role, const Config& config) {
       api::chat_image_policy(config.media, vision ? open_media_cache(config.media, metrics) : nullptr);
   if (vision) {
     api::register_chat_routes(
-        router, board,
-        [&vision_model, &image_policy, &metrics](const api::ChatRequest& request,
-                                                 http::HttpExchange& exchange) -> http::net::awaitable<void> {
-          auto engine = vision_model->engine();
-          if (!engine) {
-            throw ApiError::unavailable("The vision model is not loaded yet.", 5, "model_not_loaded");
-          }
-          co_await api::run_chat_completion(*engine, request, image_policy, metrics, exchange);
+        router,
+        [&registry, &image_policy, &metrics](const api::ChatRequest& request,
+                                             http::HttpExchange& exchange) -> http::net::awaitable<void> {
+          const std::string id = registry->resolve("vision", request.model, "chat");
+          // The lease keeps the model loaded until the answer is written.
+          const ModelLease lease = co_await registry->acquire(id, exchange.deadline());
+          co_await api::run_chat_completion(lease.get<vlm::VlmEngine>(), request, image_policy, metrics, exchange);
         });
   }
-
-  if (speech) {
-    api::register_speech_routes(
-        router, board, [&speech_model] { return speech_model->engine(); }, config.speech.max_audio_bytes);
-  }
+  if (speech) api::register_speech_routes(router, *registry, config.speech.max_audio_bytes);
+  if (vision || speech) api::register_model_admin_routes(router, *registry, config.registry.admin_api_keys);
 
   server.listen();
   nlohmann::json services = nlohmann::json::array();
@@ -272,8 +288,7 @@ int run_role(Role role, const Config& config) {
   if (front) front->stop();
   // Engines stop while the server's io_context still exists (stopped): their
   // last events for requests cut off by the grace period are posted to it.
-  vision_model.reset();
-  speech_model.reset();
+  registry.reset();
   spdlog::info("mmserve stopped");
   return 0;
 }

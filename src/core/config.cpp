@@ -150,6 +150,11 @@ public:
       names.push_back(entry.first.Scalar());
     return names;
   }
+  // The raw text of a plain value, for keys with a word besides their type ("auto").
+  std::optional<std::string> scalar_text(const std::string& key) {
+    if (auto child = scalar(key)) return child->Scalar();
+    return std::nullopt;
+  }
   // Fails naming this section's path.
   [[noreturn]] void fail_here(const std::string& what) const { fail_at(path_, what); }
   [[noreturn]] void fail_key(const std::string& key, const std::string& what) const { fail_at(full(key), what); }
@@ -362,6 +367,34 @@ void read_gateway(Section& s, GatewayConfig& c) {
   }
 }
 
+void read_registry(Section& s, RegistryConfig& c) {
+  if (auto child = s.scalar_text("memory_budget"); child && *child == "auto") {
+    c.memory_budget = 0;
+  } else {
+    s.read_bytes("memory_budget", c.memory_budget, 1);
+  }
+  s.read_seconds("idle_unload", c.idle_unload_s, 0);
+  c.admin_api_keys = read_api_keys(s.section_list("admin_api_keys"));
+  s.read("include_store", c.include_store);
+  for (auto& item : s.section_list("models")) {
+    RegistryModel model;
+    item.read("name", model.name);
+    item.read_enum("service", model.service, {"vision", "speech"});
+    item.read("path", model.path);
+    item.read("mmproj", model.mmproj);
+    item.read("preload", model.preload);
+    if (model.name.empty()) item.fail_here("needs name (the id clients send as \"model\")");
+    if (model.service.empty()) item.fail_here("needs service (vision or speech)");
+    if (model.path.empty()) item.fail_here("needs path (the model file or folder)");
+    for (const auto& other : c.models) {
+      if (other.name == model.name) item.fail_here("repeats the name '" + model.name + "'");
+    }
+    item.finish();
+    c.models.push_back(model);
+  }
+  s.finish();
+}
+
 void read_storage(Section& root, StorageConfig& storage) {
   if (auto s3 = root.section("s3")) {
     auto& c = storage.s3;
@@ -536,6 +569,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     read_gateway(*s, config.gateway);
     s->finish();
   }
+  if (auto s = root.section("registry")) read_registry(*s, config.registry);
   root.finish();
   return config;
 }
@@ -926,6 +960,28 @@ std::string dump_config(const Config& c) {
   out << YAML::EndMap;
   dump_storage(out, c.storage);
   dump_gateway(out, c.gateway);
+  out << YAML::Key << "registry" << YAML::Value << YAML::BeginMap;
+  if (c.registry.memory_budget == 0) {
+    out << YAML::Key << "memory_budget" << YAML::Value << "auto";
+  } else {
+    out << YAML::Key << "memory_budget" << YAML::Value << c.registry.memory_budget;
+  }
+  out << YAML::Key << "idle_unload" << YAML::Value << c.registry.idle_unload_s;
+  out << YAML::Key << "admin_api_keys" << YAML::Value << YAML::BeginSeq;
+  for (const auto& key : c.registry.admin_api_keys) {
+    out << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << key.name << YAML::Key << "sha256"
+        << YAML::Value << key.sha256 << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  out << YAML::Key << "include_store" << YAML::Value << c.registry.include_store;
+  out << YAML::Key << "models" << YAML::Value << YAML::BeginSeq;
+  for (const auto& model : c.registry.models) {
+    out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << model.name << YAML::Key << "service" << YAML::Value
+        << model.service << YAML::Key << "path" << YAML::Value << model.path << YAML::Key << "mmproj" << YAML::Value
+        << model.mmproj << YAML::Key << "preload" << YAML::Value << model.preload << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

@@ -177,6 +177,25 @@ struct GatewayConfig {
   std::vector<std::string> cors_origins; // "*" or exact origins; empty: no CORS
 };
 
+// More models per service, chosen per request by the OpenAI "model" field,
+// loaded on first use and unloaded to keep every loaded model of every
+// service within one memory budget.
+struct RegistryModel {
+  std::string name;    // the id clients send
+  std::string service; // vision or speech
+  std::string path;    // vision: GGUF file or folder with its mmproj; speech: whisper.cpp .bin
+  std::string mmproj;  // vision: projector file, when not found beside the model
+  bool preload = false;
+};
+
+struct RegistryConfig {
+  uint64_t memory_budget = 0;                // bytes for all loaded models; 0: auto (90% of the cgroup limit or of RAM)
+  double idle_unload_s = 0;                  // unload a model unused this long; 0: never
+  std::vector<GatewayApiKey> admin_api_keys; // may load/unload; none: loopback clients only
+  bool include_store = true;                 // models pulled into models_dir are listed as available
+  std::vector<RegistryModel> models;
+};
+
 struct Config {
   std::string models_dir; // MMSERVE_MODELS, default ~/.cache/mmserve/models
   ServerConfig server;
@@ -187,6 +206,7 @@ struct Config {
   MediaConfig media;
   StorageConfig storage;
   GatewayConfig gateway;
+  RegistryConfig registry;
   std::string media_config_file; // a mounted image-processor-config config.yaml
 };
 

@@ -112,7 +112,16 @@ ServerMetrics::ServerMetrics()
                                         {"pool", "state"})),
       gateway_refused_total(registry.counter(
           "mmserve_gateway_refused_total",
-          "Requests the gateway refused itself (unauthorized, forbidden, rate_limited, cors).", {"reason"})) {
+          "Requests the gateway refused itself (unauthorized, forbidden, rate_limited, cors).", {"reason"})),
+      models_memory_bytes(registry.gauge("mmserve_models_memory_bytes",
+                                         "Estimated memory of the models loaded or loading, within the budget.")),
+      models_memory_budget_bytes(
+          registry.gauge("mmserve_models_memory_budget_bytes", "Memory budget for all loaded models together.")),
+      model_loads_total(registry.counter("mmserve_model_loads_total", "Model loads, by result (loaded, failed).",
+                                         {"service", "model", "result"})),
+      model_unloads_total(registry.counter("mmserve_model_unloads_total",
+                                           "Model unloads, by reason (idle, evicted, admin).",
+                                           {"service", "model", "reason"})) {
   http_requests_in_flight.labels({}).set(0);
   http_connections_open.labels({}).set(0);
   build_info.labels({kVersion}).set(1);

@@ -49,6 +49,12 @@ struct ServerMetrics {
   metrics::CounterFamily& upstream_ejections_total;  // pool
   metrics::GaugeFamily& upstream_endpoints;          // pool, state
   metrics::CounterFamily& gateway_refused_total;     // reason
+
+  // Model registry.
+  metrics::GaugeFamily& models_memory_bytes;        // (none): estimates of loaded and loading models
+  metrics::GaugeFamily& models_memory_budget_bytes; // (none)
+  metrics::CounterFamily& model_loads_total;        // service, model, result: loaded failed
+  metrics::CounterFamily& model_unloads_total;      // service, model, reason: idle evicted admin
 };
 
 } // namespace mmserve

@@ -104,19 +104,25 @@ async function refreshModels() {
   return models;
 }
 
-// Lists a service's models; the action stays disabled until one is loaded.
+// Models a request can name: loaded ones, and those the server loads on first use.
+const servable = (model) => model.status === 'loaded' || model.status === 'loading' ||
+  (model.status === 'available' && model.loads_on_demand === true);
+
+// Lists a service's models; the action stays disabled while none can serve.
 function fillModelPicker(selectId, service, noticeId, actionId, noneText) {
   const select = $(selectId);
   const previous = select.value;
   const own = models.filter((model) => model.service === service);
   select.replaceChildren(...own.map((model) => {
-    const option = new Option(model.status === 'loaded' ? model.id : `${model.id} (${model.status})`, model.id);
-    option.disabled = model.status !== 'loaded';
+    const label = model.status === 'loaded' ? model.id
+      : servable(model) && model.status === 'available' ? `${model.id} (loads on first use)` : `${model.id} (${model.status})`;
+    const option = new Option(label, model.id);
+    option.disabled = !servable(model);
     return option;
   }));
-  const loaded = own.filter((model) => model.status === 'loaded');
+  const loaded = own.filter(servable);
   if (loaded.some((model) => model.id === previous)) select.value = previous;
-  else if (loaded.length) select.value = loaded[0].id;
+  else if (loaded.length) select.value = (loaded.find((model) => model.status === 'loaded') || loaded[0]).id;
   const notice = $(noticeId);
   let text = '';
   if (!own.length) text = noneText;
@@ -705,13 +711,15 @@ async function refreshStatus() {
     // Readiness as /readyz reports it, from the model list (/readyz answers
     // 503 while not ready, which a browser logs as a failed load).
     const [metricsResponse] = await Promise.all([api('/metrics'), refreshModels()]);
-    const reasons = models.filter((model) => model.status !== 'loaded')
+    // A model the registry loads on first use is ready to serve too.
+    const reasons = models.filter((model) => model.status !== 'loaded' && !(model.status === 'available' && model.loads_on_demand))
       .map((model) => `${model.service} model '${model.id}' is ${model.status}${model.detail ? `: ${model.detail}` : ''}`);
     $('status-ready').textContent = reasons.length ? `Not ready: ${reasons.join('; ')}` : 'Ready: every model is loaded.';
     $('status-models').tBodies[0].replaceChildren(...models.map((model) => {
       const row = document.createElement('tr');
       const progress = model.status === 'loading' && model.progress !== undefined ? ` (${Math.round(model.progress * 100)}%)` : '';
-      for (const value of [model.id, model.service || '', `${model.status}${progress}`, model.detail || '']) {
+      const memory = model.memory_bytes ? `${(model.memory_bytes / 2 ** 20).toFixed(1)} MiB` : '';
+      for (const value of [model.id, model.service || '', `${model.status}${progress}`, memory, model.detail || '']) {
         const cell = document.createElement('td');
         cell.textContent = value;
         row.append(cell);

@@ -148,3 +148,43 @@ TEST(Config, DumpRoundTrips) {
   EXPECT_EQ(again.vision.dtype, "bfloat16");
   EXPECT_EQ(again.server.max_body_bytes, config.server.max_body_bytes);
 }
+
+TEST(Config, RegistryModelsBudgetAndAdminKeys) {
+  const Config defaults = parse_config("", "empty");
+  EXPECT_EQ(defaults.registry.memory_budget, 0u); // auto
+  EXPECT_TRUE(defaults.registry.include_store);
+  const Config config = parse_config(R"(
+registry:
+  memory_budget: 12Gi
+  idle_unload: 15m
+  admin_api_keys: [{name: ops, sha256: 16175223C8DDCE5ACE0493C948569C211B03C4C6BB3D3E484434999448CFFE01}]
+  models:
+    - {name: small, service: vision, path: /models/small.gguf, mmproj: /models/mmproj.gguf, preload: true}
+    - {name: large-v3, service: speech, path: /models/ggml-large-v3.bin}
+)",
+                                     "registry.yaml");
+  EXPECT_EQ(config.registry.memory_budget, 12ull << 30);
+  EXPECT_DOUBLE_EQ(config.registry.idle_unload_s, 900);
+  ASSERT_EQ(config.registry.admin_api_keys.size(), 1u);
+  EXPECT_EQ(config.registry.admin_api_keys[0].sha256,
+            "16175223c8ddce5ace0493c948569c211b03c4c6bb3d3e484434999448cffe01");
+  ASSERT_EQ(config.registry.models.size(), 2u);
+  EXPECT_EQ(config.registry.models[0].mmproj, "/models/mmproj.gguf");
+  EXPECT_TRUE(config.registry.models[0].preload);
+  EXPECT_EQ(config.registry.models[1].service, "speech");
+  EXPECT_FALSE(config.registry.models[1].preload);
+  // Round trip through --print-config.
+  const Config again = parse_config(dump_config(config), "dump");
+  EXPECT_EQ(again.registry.memory_budget, 12ull << 30);
+  EXPECT_EQ(again.registry.models.size(), 2u);
+  EXPECT_EQ(parse_config(dump_config(defaults), "dump").registry.memory_budget, 0u);
+
+  EXPECT_NE(error_of("registry: {memory_budget: lots}").find("registry.memory_budget"), std::string::npos);
+  EXPECT_NE(error_of("registry: {models: [{name: a, service: image, path: /x}]}").find("registry.models[0].service"),
+            std::string::npos);
+  EXPECT_NE(error_of("registry: {models: [{name: a, service: vision}]}").find("needs path"), std::string::npos);
+  EXPECT_NE(error_of("registry: {models: [{name: a, service: vision, path: /x}, {name: a, service: speech, path: /y}]}")
+                .find("repeats the name 'a'"),
+            std::string::npos);
+  EXPECT_NE(error_of("registry: {memory_budgt: 1Gi}").find("registry.memory_budgt: unknown key"), std::string::npos);
+}

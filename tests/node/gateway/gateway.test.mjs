@@ -61,8 +61,12 @@ async function startMmserve(yaml, role = 'gateway', extraEnv = {}) {
   return { base, port, child, log: () => log };
 }
 
+// SIGTERM, then the exit code; a death by signal comes back as text with
+// the log's tail, so an assertion on 0 shows what happened.
 async function stop(server) {
-  const exited = new Promise((resolve) => server.child.on('exit', (code) => resolve(code)));
+  const exited = new Promise((resolve) => server.child.on('exit', (code, signal) => {
+    resolve(signal ? `killed by ${signal}; log tail:\n${server.log().slice(-3000)}` : code);
+  }));
   server.child.kill('SIGTERM');
   return exited;
 }

@@ -1,0 +1,441 @@
+#include "core/model_registry.hpp"
+
+#include "core/logging.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <fstream>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace mmserve {
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+std::string mib(uint64_t bytes) {
+  return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / kMiB);
+}
+
+// cgroup v2 (memory.max) or v1 (memory.limit_in_bytes); nullopt when unlimited or absent.
+std::optional<uint64_t> cgroup_memory_limit() {
+  for (const char* file : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(file);
+    std::string text;
+    if (!(in >> text) || text == "max") continue;
+    try {
+      const uint64_t value = std::stoull(text);
+      if (value > 0 && value < (1ull << 60)) return value; // v1 reports "no limit" as a huge number
+    } catch (const std::exception&) {
+    }
+  }
+  return std::nullopt;
+}
+
+} // namespace
+
+// ---- lease ----------------------------------------------------------------------
+
+ModelLease::ModelLease(ModelLease&& other) noexcept
+    : registry_(std::exchange(other.registry_, nullptr)), id_(std::move(other.id_)), engine_(std::move(other.engine_)) {
+}
+
+ModelLease& ModelLease::operator=(ModelLease&& other) noexcept {
+  if (this != &other) {
+    release();
+    registry_ = std::exchange(other.registry_, nullptr);
+    id_ = std::move(other.id_);
+    engine_ = std::move(other.engine_);
+  }
+  return *this;
+}
+
+ModelLease::~ModelLease() {
+  release();
+}
+
+void ModelLease::release() {
+  if (!registry_) return;
+  engine_.reset();
+  registry_->release(id_);
+  registry_ = nullptr;
+}
+
+// ---- registry -------------------------------------------------------------------
+
+uint64_t ModelRegistry::automatic_budget() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  uint64_t total = pages > 0 && page_size > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) : 0;
+  if (const auto limit = cgroup_memory_limit(); limit && (total == 0 || *limit < total)) total = *limit;
+  if (total == 0) total = 8ull << 30;
+  return total / 10 * 9;
+}
+
+ModelRegistry::ModelRegistry(ModelBoard& board, ServerMetrics& metrics, uint64_t memory_budget, double idle_unload_s)
+    : board_(board), metrics_(metrics), memory_budget_(memory_budget ? memory_budget : automatic_budget()),
+      idle_unload_s_(idle_unload_s) {
+  metrics_.models_memory_budget_bytes.labels({}).set(static_cast<double>(memory_budget_));
+  metrics_.models_memory_bytes.labels({}).set(0);
+  if (idle_unload_s_ > 0) sweeper_ = std::thread([this] { sweep_idle(); });
+}
+
+ModelRegistry::~ModelRegistry() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  sweep_wakeup_.notify_all();
+  if (sweeper_.joinable()) sweeper_.join();
+  // Loader threads take the mutex when they finish: join them without it.
+  for (auto& entry : entries_) {
+    if (entry.loader.joinable()) entry.loader.join();
+  }
+  std::vector<std::shared_ptr<void>> engines;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& entry : entries_)
+      engines.push_back(std::move(entry.engine));
+  }
+  engines.clear(); // stops each engine's threads
+}
+
+void ModelRegistry::add(RegisteredModel model) {
+  std::lock_guard lock(mutex_);
+  for (const auto& entry : entries_) {
+    if (entry.model.status.id == model.status.id) {
+      throw std::invalid_argument(fmt::format("two models are named '{}' ({} and {}): names must be unique",
+                                              model.status.id, entry.model.status.service, model.status.service));
+    }
+  }
+  model.status.memory_bytes = model.memory_bytes;
+  model.status.on_demand = static_cast<bool>(model.loader);
+  auto& entry = entries_.emplace_back();
+  entry.model = std::move(model);
+  publish(entry);
+  if (entry.model.status.state != ModelState::available && entry.model.status.state != ModelState::loaded) {
+    log_event(spdlog::level::warn, "model not loadable",
+              {{"service", entry.model.status.service},
+               {"model", entry.model.status.id},
+               {"state", model_state_name(entry.model.status.state)},
+               {"detail", entry.model.status.detail}});
+  }
+}
+
+void ModelRegistry::preload() {
+  std::lock_guard lock(mutex_);
+  for (auto& entry : entries_) {
+    if (!entry.model.preload || entry.model.status.state != ModelState::available) continue;
+    try {
+      begin_load(entry);
+    } catch (const ApiError& error) {
+      log_event(spdlog::level::warn, "model not preloaded",
+                {{"model", entry.model.status.id}, {"reason", std::string(error.what())}});
+    }
+  }
+}
+
+ModelRegistry::Entry& ModelRegistry::find(const std::string& id) {
+  for (auto& entry : entries_) {
+    if (entry.model.status.id == id) return entry;
+  }
+  throw ApiError::not_found(fmt::format("The model '{}' does not exist.", id), "model_not_found");
+}
+
+const ModelRegistry::Entry& ModelRegistry::find(const std::string& id) const {
+  return const_cast<ModelRegistry*>(this)->find(id);
+}
+
+std::string ModelRegistry::resolve(const std::string& service, const std::string& requested, const std::string& kind,
+                                   std::initializer_list<const char*> aliases) const {
+  std::lock_guard lock(mutex_);
+  const bool first = requested.empty() ||
+                     std::any_of(aliases.begin(), aliases.end(), [&](const char* alias) { return requested == alias; });
+  std::vector<std::string> ids;
+  for (const auto& entry : entries_) {
+    if (entry.model.status.service != service) continue;
+    if (first || entry.model.status.id == requested) return entry.model.status.id;
+    ids.push_back(entry.model.status.id);
+  }
+  throw ApiError::not_found(fmt::format("The model '{}' does not exist. Available {} models: {}.", requested, kind,
+                                        ids.empty() ? std::string("none") : fmt::format("{}", fmt::join(ids, ", "))),
+                            "model_not_found");
+}
+
+void ModelRegistry::check_servable(const std::string& service) const {
+  std::lock_guard lock(mutex_);
+  const Entry* first = nullptr;
+  for (const auto& entry : entries_) {
+    if (entry.model.status.service != service) continue;
+    const ModelState state = entry.model.status.state;
+    if (state == ModelState::available || state == ModelState::loading || state == ModelState::loaded) return;
+    if (!first) first = &entry;
+  }
+  if (!first) {
+    throw ApiError::unavailable(fmt::format("No {} model is configured.", service), 30, "model_not_loaded");
+  }
+  const auto& status = first->model.status;
+  throw ApiError::unavailable(fmt::format("The model '{}' is not loaded ({}){}{}.", status.id,
+                                          model_state_name(status.state), status.detail.empty() ? "" : ": ",
+                                          status.detail),
+                              30, "model_not_loaded");
+}
+
+void ModelRegistry::begin_load(Entry& entry) {
+  auto& status = entry.model.status;
+  if (status.state == ModelState::loaded || status.state == ModelState::loading) return;
+  if (status.state == ModelState::missing) {
+    throw ApiError::unavailable(fmt::format("The model '{}' is not loaded (missing){}{}.", status.id,
+                                            status.detail.empty() ? "" : ": ", status.detail),
+                                30, "model_not_loaded");
+  }
+  const uint64_t needed = entry.model.memory_bytes;
+  if (needed > memory_budget_) {
+    throw ApiError(507,
+                   fmt::format("The model '{}' needs about {}, more than the whole memory budget of {} "
+                               "(registry.memory_budget): it can never be loaded here.",
+                               status.id, mib(needed), mib(memory_budget_)),
+                   "server_error", "insufficient_memory");
+  }
+  // Room: unload idle models, least recently used first. Nothing is
+  // unloaded unless enough can be freed.
+  uint64_t reserved = 0;
+  std::vector<Entry*> idle;
+  for (auto& other : entries_) {
+    const ModelState state = other.model.status.state;
+    if (state != ModelState::loaded && state != ModelState::loading) continue;
+    reserved += other.model.memory_bytes;
+    if (state == ModelState::loaded && other.in_use == 0) idle.push_back(&other);
+  }
+  std::sort(idle.begin(), idle.end(), [](const Entry* a, const Entry* b) { return a->last_used < b->last_used; });
+  std::vector<Entry*> victims;
+  uint64_t freed = 0;
+  for (Entry* candidate : idle) {
+    if (reserved - freed + needed <= memory_budget_) break;
+    victims.push_back(candidate);
+    freed += candidate->model.memory_bytes;
+  }
+  if (reserved - freed + needed > memory_budget_) {
+    std::vector<std::string> busy;
+    for (const auto& other : entries_) {
+      const ModelState state = other.model.status.state;
+      if (state == ModelState::loading || (state == ModelState::loaded && other.in_use > 0))
+        busy.push_back(other.model.status.id);
+    }
+    throw ApiError::unavailable(
+        fmt::format("The model '{}' needs about {}, but {} of the {} memory budget is held by models that are "
+                    "serving requests or loading ({}). Retry shortly.",
+                    status.id, mib(needed), mib(reserved - freed), mib(memory_budget_), fmt::join(busy, ", ")),
+        5, "memory_budget_full");
+  }
+  std::vector<std::shared_ptr<void>> evicted;
+  for (Entry* victim : victims) {
+    evicted.push_back(std::move(victim->engine));
+    victim->model.status.state = ModelState::available;
+    victim->model.status.progress = 0;
+    publish(*victim);
+    metrics_.model_unloads_total.labels({victim->model.status.service, victim->model.status.id, "evicted"}).inc();
+    log_event(spdlog::level::info, "model unloaded",
+              {{"model", victim->model.status.id}, {"reason", "evicted"}, {"for", status.id}});
+  }
+  status.state = ModelState::loading;
+  status.progress = 0;
+  status.detail.clear();
+  publish(entry);
+  update_memory_gauge();
+  if (entry.loader.joinable()) entry.loader.join(); // the previous load, long finished
+  entry.loader =
+      std::thread([this, &entry, evicted = std::move(evicted)]() mutable { run_load(entry, std::move(evicted)); });
+}
+
+void ModelRegistry::run_load(Entry& entry, std::vector<std::shared_ptr<void>> evicted) {
+  evicted.clear(); // the evicted models' memory goes back before this one takes its own
+  ModelStatus status;
+  EngineLoader loader;
+  {
+    std::lock_guard lock(mutex_);
+    status = entry.model.status;
+    loader = entry.model.loader;
+  }
+  log_event(spdlog::level::info, "loading model",
+            {{"service", status.service}, {"model", status.id}, {"path", status.path}});
+  const auto started = Clock::now();
+  int last_percent = -1;
+  try {
+    auto engine = loader([&](float progress) {
+      const int percent = static_cast<int>(progress * 100);
+      if (percent / 10 == last_percent / 10 && percent != 100) return;
+      last_percent = percent;
+      std::lock_guard lock(mutex_);
+      entry.model.status.progress = progress;
+      publish(entry);
+      spdlog::info("loading {} model '{}': {}%", status.service, status.id, percent);
+    });
+    if (!engine) throw std::runtime_error("the engine did not start");
+    std::lock_guard lock(mutex_);
+    entry.engine = std::move(engine);
+    entry.model.status.state = ModelState::loaded;
+    entry.model.status.progress = 1;
+    entry.last_used = Clock::now();
+    publish(entry);
+    metrics_.model_loads_total.labels({status.service, status.id, "loaded"}).inc();
+    log_event(spdlog::level::info, "model loaded",
+              {{"service", status.service},
+               {"model", status.id},
+               {"seconds", std::chrono::duration<double>(Clock::now() - started).count()}});
+  } catch (const std::exception& error) {
+    std::lock_guard lock(mutex_);
+    entry.model.status.state = ModelState::failed;
+    entry.model.status.detail = error.what();
+    publish(entry);
+    update_memory_gauge();
+    metrics_.model_loads_total.labels({status.service, status.id, "failed"}).inc();
+    log_event(spdlog::level::err, "model failed to load",
+              {{"service", status.service}, {"model", status.id}, {"detail", std::string(error.what())}});
+  }
+}
+
+std::optional<ModelLease> ModelRegistry::try_lease(const std::string& id, bool start_load) {
+  // start_load: an evicted or unloaded model loads again for whoever waits on it.
+  std::lock_guard lock(mutex_);
+  Entry& entry = find(id);
+  const auto& status = entry.model.status;
+  if (status.state == ModelState::loaded) {
+    ++entry.in_use;
+    entry.last_used = Clock::now();
+    return ModelLease(this, id, entry.engine);
+  }
+  if (status.state == ModelState::failed) {
+    throw ApiError::unavailable(fmt::format("The model '{}' failed to load: {}", id, status.detail), 30,
+                                "model_not_loaded");
+  }
+  if (start_load) begin_load(entry);
+  return std::nullopt;
+}
+
+http::net::awaitable<ModelLease> ModelRegistry::acquire(std::string id, http::Clock::time_point deadline) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
+  for (;;) {
+    auto lease = try_lease(id, true);
+    if (lease) co_return std::move(*lease);
+    if (Clock::now() >= deadline) {
+      throw ApiError::unavailable(fmt::format("The model '{}' is still loading.", id), 5, "model_not_loaded");
+    }
+    // Loads take seconds; a short poll keeps this free of callbacks across threads.
+    timer.expires_after(std::min<Clock::duration>(std::chrono::milliseconds(50), deadline - Clock::now()));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+  }
+}
+
+void ModelRegistry::release(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  for (auto& entry : entries_) {
+    if (entry.model.status.id != id) continue;
+    if (entry.in_use > 0) --entry.in_use;
+    entry.last_used = Clock::now();
+    return;
+  }
+}
+
+ModelStatus ModelRegistry::load(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  Entry& entry = find(id);
+  if (entry.model.status.state == ModelState::failed) entry.model.status.state = ModelState::available; // retry
+  begin_load(entry);
+  return entry.model.status;
+}
+
+ModelStatus ModelRegistry::unload(const std::string& id) {
+  std::shared_ptr<void> engine;
+  ModelStatus status;
+  {
+    std::lock_guard lock(mutex_);
+    Entry& entry = find(id);
+    auto& state = entry.model.status.state;
+    if (state == ModelState::loading) {
+      throw ApiError(409, fmt::format("The model '{}' is loading; unload it once it has loaded.", id),
+                     "invalid_request_error", "model_loading")
+          .with_retry_after(5);
+    }
+    if (state == ModelState::loaded) {
+      if (entry.in_use > 0) {
+        throw ApiError(409,
+                       fmt::format("The model '{}' is serving {} request{}; it stays loaded until they finish.", id,
+                                   entry.in_use, entry.in_use == 1 ? "" : "s"),
+                       "invalid_request_error", "model_in_use")
+            .with_retry_after(1);
+      }
+      engine = std::move(entry.engine);
+      state = ModelState::available;
+      entry.model.status.progress = 0;
+      publish(entry);
+      update_memory_gauge();
+      metrics_.model_unloads_total.labels({entry.model.status.service, id, "admin"}).inc();
+      log_event(spdlog::level::info, "model unloaded", {{"model", id}, {"reason", "admin"}});
+    }
+    status = entry.model.status;
+  }
+  engine.reset(); // outside the lock: stopping an engine joins its threads
+  return status;
+}
+
+ModelStatus ModelRegistry::status(const std::string& id) const {
+  std::lock_guard lock(mutex_);
+  return find(id).model.status;
+}
+
+uint64_t ModelRegistry::memory_reserved() const {
+  std::lock_guard lock(mutex_);
+  uint64_t reserved = 0;
+  for (const auto& entry : entries_) {
+    const ModelState state = entry.model.status.state;
+    if (state == ModelState::loaded || state == ModelState::loading) reserved += entry.model.memory_bytes;
+  }
+  return reserved;
+}
+
+void ModelRegistry::publish(const Entry& entry) {
+  board_.publish(entry.model.status);
+}
+
+void ModelRegistry::update_memory_gauge() {
+  uint64_t reserved = 0;
+  for (const auto& entry : entries_) {
+    const ModelState state = entry.model.status.state;
+    if (state == ModelState::loaded || state == ModelState::loading) reserved += entry.model.memory_bytes;
+  }
+  metrics_.models_memory_bytes.labels({}).set(static_cast<double>(reserved));
+}
+
+void ModelRegistry::sweep_idle() {
+  const auto ttl = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(idle_unload_s_));
+  const auto period = std::min<Clock::duration>(std::chrono::seconds(1), ttl / 4 + std::chrono::milliseconds(1));
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    sweep_wakeup_.wait_for(lock, period, [this] { return stopping_; });
+    if (stopping_) break;
+    std::vector<std::shared_ptr<void>> engines;
+    const auto now = Clock::now();
+    for (auto& entry : entries_) {
+      if (entry.model.status.state != ModelState::loaded || entry.in_use > 0 || now - entry.last_used < ttl) continue;
+      engines.push_back(std::move(entry.engine));
+      entry.model.status.state = ModelState::available;
+      entry.model.status.progress = 0;
+      publish(entry);
+      metrics_.model_unloads_total.labels({entry.model.status.service, entry.model.status.id, "idle"}).inc();
+      log_event(spdlog::level::info, "model unloaded", {{"model", entry.model.status.id}, {"reason", "idle"}});
+    }
+    if (engines.empty()) continue;
+    update_memory_gauge();
+    lock.unlock();
+    engines.clear();
+    lock.lock();
+  }
+}
+
+} // namespace mmserve

@@ -1,0 +1,135 @@
+// The models this process can serve, several per service, loaded on first
+// use (or at start) and unloaded when idle, so that every loaded model of
+// every service stays within one memory budget. Requests lease a loaded
+// model; a leased model is never evicted. Engines are type-erased here (the
+// registry knows no engine); each service casts its lease back.
+#pragma once
+
+#include "core/http_exchange.hpp"
+#include "core/model_board.hpp"
+#include "core/server_metrics.hpp"
+
+#include <condition_variable>
+#include <functional>
+#include <initializer_list>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace mmserve {
+
+using LoadProgress = std::function<void(float)>;
+// Builds a model's engine on a loader thread; throws when it cannot.
+using EngineLoader = std::function<std::shared_ptr<void>(const LoadProgress&)>;
+
+struct RegisteredModel {
+  ModelStatus status;        // id, service, path, created; state available (or missing: cannot load)
+  uint64_t memory_bytes = 0; // estimated memory while loaded
+  EngineLoader loader;
+  bool preload = false; // load at start rather than on first use
+};
+
+class ModelRegistry;
+
+// A loaded model held for one request: not evicted or unloaded while held.
+class ModelLease {
+public:
+  ModelLease() = default;
+  ModelLease(ModelLease&& other) noexcept;
+  ModelLease& operator=(ModelLease&& other) noexcept;
+  ModelLease(const ModelLease&) = delete;
+  ModelLease& operator=(const ModelLease&) = delete;
+  ~ModelLease();
+
+  template <typename Engine> Engine& get() const { return *static_cast<Engine*>(engine_.get()); }
+  const std::string& id() const { return id_; }
+
+private:
+  friend class ModelRegistry;
+  ModelLease(ModelRegistry* registry, std::string id, std::shared_ptr<void> engine)
+      : registry_(registry), id_(std::move(id)), engine_(std::move(engine)) {}
+  void release();
+
+  ModelRegistry* registry_ = nullptr;
+  std::string id_;
+  std::shared_ptr<void> engine_;
+};
+
+class ModelRegistry {
+public:
+  // memory_budget: bytes for every loaded model together; idle_unload_s: a
+  // model unused this long is unloaded (0: never).
+  ModelRegistry(ModelBoard& board, ServerMetrics& metrics, uint64_t memory_budget, double idle_unload_s);
+  ~ModelRegistry(); // waits for loads in progress, then unloads everything
+  ModelRegistry(const ModelRegistry&) = delete;
+  ModelRegistry& operator=(const ModelRegistry&) = delete;
+
+  // Ids are unique across services; a repeated id is refused (std::invalid_argument).
+  void add(RegisteredModel model);
+  // Starts loading the models marked preload, in the order added, as far as
+  // the budget allows (a refusal is logged and the model stays available).
+  void preload();
+
+  // The id a request's "model" names: empty or an alias picks the service's
+  // first model. 404 (ApiError) listing the service's models otherwise;
+  // `kind` words it ("chat", "speech").
+  std::string resolve(const std::string& service, const std::string& requested, const std::string& kind,
+                      std::initializer_list<const char*> aliases = {}) const;
+  // 503 (ApiError) when no model of the service can be served at all.
+  void check_servable(const std::string& service) const;
+
+  // Leases `id`, loading it first when needed (evicting idle models to make
+  // room) and waiting, without blocking the thread, until it is loaded or
+  // `deadline` passes. Throws ApiError: 503 when it cannot load now or
+  // failed, 507 when it can never fit the budget.
+  http::net::awaitable<ModelLease> acquire(std::string id, http::Clock::time_point deadline);
+
+  // Admin: start loading (no wait) / unload now (409 while it serves requests).
+  ModelStatus load(const std::string& id);
+  ModelStatus unload(const std::string& id);
+  ModelStatus status(const std::string& id) const;
+
+  uint64_t memory_budget() const { return memory_budget_; }
+  uint64_t memory_reserved() const;
+
+  // The budget "auto" means: 90% of the cgroup memory limit (a Kubernetes
+  // container's limit) or of physical RAM, whichever is smaller.
+  static uint64_t automatic_budget();
+
+private:
+  friend class ModelLease;
+  using Clock = http::Clock;
+  struct Entry {
+    RegisteredModel model;
+    std::shared_ptr<void> engine;
+    int in_use = 0;
+    Clock::time_point last_used{};
+    std::thread loader;
+  };
+
+  Entry& find(const std::string& id);
+  const Entry& find(const std::string& id) const;
+  // With mutex_ held: nothing when loaded or loading; else reserves memory
+  // (evicting idle models, least recently used first) and starts the load.
+  void begin_load(Entry& entry);
+  void run_load(Entry& entry, std::vector<std::shared_ptr<void>> evicted);
+  std::optional<ModelLease> try_lease(const std::string& id, bool start_load);
+  void release(const std::string& id);
+  void publish(const Entry& entry);
+  void update_memory_gauge();
+  void sweep_idle();
+
+  ModelBoard& board_;
+  ServerMetrics& metrics_;
+  const uint64_t memory_budget_;
+  const double idle_unload_s_;
+  mutable std::mutex mutex_;
+  std::list<Entry> entries_; // stable addresses: loader threads hold references
+  bool stopping_ = false;
+  std::condition_variable sweep_wakeup_;
+  std::thread sweeper_;
+};
+
+} // namespace mmserve
