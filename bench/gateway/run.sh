@@ -26,7 +26,13 @@ MMSERVE=$(realpath "$BUILD/mmserve")
 
 WORK=$(mktemp -d /tmp/bench-gateway.XXXXXX)
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # A gateway that died shows why (its crash report) before the folder goes.
+  if grep -qs "mmserve: \(fatal\|uncaught\|std::terminate\)" "$WORK/gateway.log"; then tail -60 "$WORK/gateway.log" >&2; fi
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }

@@ -3,6 +3,7 @@
 #include "app/model_pull.hpp"
 #include "app/roles.hpp"
 #include "core/config.hpp"
+#include "core/crash_report.hpp"
 #include "core/logging.hpp"
 #include "core/version.hpp"
 
@@ -151,6 +152,7 @@ void add_store_flags(CLI::App& command, StoreFlags& flags) {
 } // namespace
 
 int main(int argc, char** argv) {
+  mmserve::install_crash_reporting();
   CLI::App app{"mmserve: vision-language chat, speech recognition and image generation behind one "
                "OpenAI-compatible API"};
   app.set_version_flag("--version", std::string("mmserve ") + mmserve::kVersion);
@@ -185,9 +187,11 @@ int main(int argc, char** argv) {
   mmserve::PullOptions pull_options;
   std::string pull_spec;
   auto* pull = app.add_subcommand("pull", "Download a model from Hugging Face (HF_ENDPOINT, HF_TOKEN) into the store");
-  pull->add_option("model", pull_spec, "A known name (see `mmserve pull --list`) or REPO:FILE");
+  pull->add_option("model", pull_spec,
+                   "A known name (see `mmserve pull --list`), REPO:FILE, or REPO (its servable files)");
   pull->add_option("--revision", pull_options.revision, "Branch, tag or commit (default: main)");
-  pull->add_option("--name", pull_options.name, "Local name of a REPO:FILE pull (default: the file's stem)");
+  pull->add_option("--name", pull_options.name,
+                   "Local name (default: the file's stem for REPO:FILE, the repository's name for REPO)");
   pull->add_option("--family", pull_options.family, "vision, speech or image (default: from the file name)")
       ->check(CLI::IsMember({"vision", "speech", "image"}));
   bool pull_list = false;
@@ -218,7 +222,7 @@ int main(int argc, char** argv) {
       }
       if (pull->parsed()) {
         if (pull_spec.empty()) {
-          std::cerr << "mmserve pull: name a model (`mmserve pull --list`) or REPO:FILE\n";
+          std::cerr << "mmserve pull: name a model (`mmserve pull --list`) REPO:FILE or REPO\n";
           return 2;
         }
         pull_options.models_dir = models_dir_for(pull_store.config_file, pull_store.models_dir);

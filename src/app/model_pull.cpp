@@ -5,14 +5,21 @@
 #include "storage/digest.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <map>
 
 namespace mmserve {
 namespace fs = std::filesystem;
@@ -83,7 +90,8 @@ private:
 
 struct PullPlan {
   std::string name, family, repo, revision;
-  std::vector<std::string> files;
+  std::vector<std::string> files; // empty: chosen from the repository's file list
+  bool keep_paths = false;        // files keep their folders (a diffusers repository)
 };
 
 std::string guess_family(const std::string& file) {
@@ -110,17 +118,21 @@ PullPlan plan_for(const std::string& spec, const PullOptions& options) {
       for (const auto& entry : model_catalogue())
         names += (names.empty() ? "" : ", ") + entry.name;
       throw std::invalid_argument(
-          fmt::format("'{}' is neither a known model ({}) nor a Hugging Face REPO:FILE", spec, names));
+          fmt::format("'{}' is neither a known model ({}) nor a Hugging Face REPO or REPO:FILE", spec, names));
     }
-    if (colon == std::string::npos || colon + 1 == spec.size()) {
-      throw std::invalid_argument(fmt::format("name the file to pull from {}: `mmserve pull {}:FILE`", repo, repo));
+    if (colon + 1 == spec.size()) {
+      throw std::invalid_argument(fmt::format("name the file after the colon: `mmserve pull {}:FILE`", repo));
     }
-    const std::string file = spec.substr(colon + 1);
-    plan = {
-        options.name.empty() ? fs::path(file).stem().string() : options.name, guess_family(file), repo, "main", {file}};
-    if (plan.family.empty()) {
-      throw std::invalid_argument(
-          fmt::format("cannot tell the family of '{}' from its name: pass --family vision|speech|image", file));
+    if (colon == std::string::npos) {
+      // The whole repository: its files (and family) are chosen once its file list is read.
+      plan = {repo.substr(repo.rfind('/') + 1), "", repo, "main", {}};
+    } else {
+      const std::string file = spec.substr(colon + 1);
+      plan = {fs::path(file).stem().string(), guess_family(file), repo, "main", {file}};
+      if (plan.family.empty() && options.family.empty()) {
+        throw std::invalid_argument(
+            fmt::format("cannot tell the family of '{}' from its name: pass --family vision|speech|image", file));
+      }
     }
   }
   if (!options.family.empty()) plan.family = options.family;
@@ -133,14 +145,115 @@ PullPlan plan_for(const std::string& spec, const PullOptions& options) {
   return plan;
 }
 
+// The repository's metadata (Hugging Face's /api/models/{repo}/revision/{rev}):
+// licence, file list. Null when the server offers none.
+nlohmann::json fetch_repo_info(const std::string& endpoint, const PullPlan& plan, const DownloadOptions& options) {
+  const auto text =
+      fetch_text(fmt::format("{}/api/models/{}/revision/{}", endpoint, plan.repo, plan.revision), options, 16 << 20);
+  if (!text) return nullptr;
+  auto doc = nlohmann::json::parse(*text, nullptr, false);
+  return doc.is_object() ? doc : nlohmann::json(nullptr);
+}
+
+std::string lower(std::string text) {
+  for (auto& c : text)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return text;
+}
+
+// The first of `candidates` whose name holds the earliest of `preferences`;
+// the only candidate, or nullopt when several match none.
+std::optional<std::string> preferred(const std::vector<std::string>& candidates,
+                                     std::initializer_list<const char*> preferences) {
+  for (const char* preference : preferences) {
+    for (const auto& candidate : candidates) {
+      if (lower(candidate).find(preference) != std::string::npos) return candidate;
+    }
+  }
+  if (candidates.size() == 1) return candidates.front();
+  return std::nullopt;
+}
+
+// What to pull from a whole repository, by its file list: a diffusers
+// pipeline (model_index.json, each component's configs, tokenizer files and
+// safetensors weights, fp16 variants preferred), a GGUF model (Q8_0, then
+// other common quantizations) with its projector, one whisper.cpp file, or
+// one single-file checkpoint. Anything ambiguous asks for REPO:FILE.
+void choose_repo_files(PullPlan& plan, const std::vector<std::string>& files) {
+  const auto list_of = [&](const std::vector<std::string>& names) {
+    std::string text;
+    for (size_t i = 0; i < names.size() && i < 20; ++i)
+      text += (i ? ", " : "") + names[i];
+    if (names.size() > 20) text += fmt::format(" and {} more", names.size() - 20);
+    return text;
+  };
+  const auto ambiguous = [&](const std::string& what, const std::vector<std::string>& names) {
+    return std::invalid_argument(fmt::format("{} holds several {} ({}): pick one with `mmserve pull {}:FILE`",
+                                             plan.repo, what, list_of(names), plan.repo));
+  };
+  const auto has = [&](const std::string& name) { return std::find(files.begin(), files.end(), name) != files.end(); };
+
+  if (has("model_index.json")) {
+    plan.family = plan.family.empty() ? "image" : plan.family;
+    plan.keep_paths = true;
+    plan.files = {"model_index.json"};
+    std::map<std::string, std::vector<std::string>> weights; // folder -> safetensors
+    for (const auto& file : files) {
+      const auto slash = file.find('/');
+      if (slash == std::string::npos || file.find('/', slash + 1) != std::string::npos) continue;
+      if (file.ends_with(".json") || file.ends_with(".txt")) plan.files.push_back(file);
+      if (file.ends_with(".safetensors")) weights[file.substr(0, slash)].push_back(file);
+    }
+    for (const auto& [folder, names] : weights) {
+      std::vector<std::string> half, full;
+      for (const auto& name : names)
+        (name.find(".fp16.") != std::string::npos ? half : full).push_back(name);
+      const auto& chosen = half.empty() ? full : half;
+      plan.files.insert(plan.files.end(), chosen.begin(), chosen.end());
+    }
+    if (weights.empty()) {
+      throw std::invalid_argument(
+          fmt::format("{} is a diffusers repository without safetensors weights: mmserve reads only those", plan.repo));
+    }
+    return;
+  }
+  std::vector<std::string> models, projectors, whisper, checkpoints;
+  for (const auto& file : files) {
+    const std::string base = fs::path(file).filename().string();
+    if (file.ends_with(".gguf"))
+      (lower(base).find("mmproj") != std::string::npos ? projectors : models).push_back(file);
+    if (base.starts_with("ggml-") && base.ends_with(".bin")) whisper.push_back(file);
+    if (file.ends_with(".safetensors") && file.find('/') == std::string::npos) checkpoints.push_back(file);
+  }
+  if (!models.empty()) {
+    const auto model = preferred(models, {"q8_0", "q4_k_m", "q5_k_m", "q6_k", "f16", "bf16", "f32"});
+    if (!model) throw ambiguous("GGUF models", models);
+    plan.files = {*model};
+    if (!projectors.empty()) plan.files.push_back(*preferred(projectors, {"f16", "q8_0", ""}));
+    if (plan.family.empty()) plan.family = "vision";
+    return;
+  }
+  if (!whisper.empty()) {
+    if (whisper.size() > 1) throw ambiguous("whisper.cpp models", whisper);
+    plan.files = whisper;
+    if (plan.family.empty()) plan.family = "speech";
+    return;
+  }
+  if (checkpoints.size() == 1) {
+    plan.files = checkpoints;
+    if (plan.family.empty()) plan.family = "image";
+    return;
+  }
+  if (checkpoints.size() > 1) throw ambiguous("checkpoints", checkpoints);
+  throw std::invalid_argument(fmt::format("{} has no model file mmserve can serve (GGUF, whisper.cpp ggml-*.bin, "
+                                          "safetensors, or a diffusers folder){}{}",
+                                          plan.repo, files.empty() ? "" : ": it holds ", list_of(files)));
+}
+
 // The repository's licence from its model card metadata, when the server
 // offers it; a pull never fails for want of it.
-std::string fetch_license(const std::string& endpoint, const PullPlan& plan, const DownloadOptions& options) {
+std::string license_of(const nlohmann::json& doc) {
   try {
-    const auto text =
-        fetch_text(fmt::format("{}/api/models/{}/revision/{}", endpoint, plan.repo, plan.revision), options);
-    if (!text) return {};
-    const auto doc = nlohmann::json::parse(*text, nullptr, false);
     if (!doc.is_object()) return {};
     if (const auto card = doc.find("cardData"); card != doc.end() && card->is_object()) {
       if (const auto license = card->find("license"); license != card->end()) {
@@ -168,10 +281,43 @@ std::string usage_hint(const ModelManifest& manifest, const std::string& models_
     return fmt::format("mmserve speech --model {}/{}", models_dir, manifest.files.front().path);
   }
   const std::string folder = (fs::path(models_dir) / manifest.name).string();
+  if (manifest.files.front().path.ends_with("model_index.json")) return "mmserve image --model " + folder;
   return manifest.family == "vision"
              ? "mmserve vision --model " + folder
              : fmt::format("mmserve image --model {}/{}", models_dir, manifest.files.front().path);
 }
+
+// An exclusive flock(2) on models_dir/.locks/<name>.lock, held for the pull;
+// the kernel drops it if the process dies.
+class PullLock {
+public:
+  PullLock() = default;
+  PullLock(const std::string& models_dir, const std::string& name) {
+    const fs::path dir = fs::path(models_dir) / ".locks";
+    fs::create_directories(dir);
+    const std::string path = (dir / (name + ".lock")).string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw std::runtime_error(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
+    std::cerr << fmt::format("waiting for another `mmserve pull` of {} to finish\n", name);
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno != EINTR) throw std::runtime_error(fmt::format("cannot lock {}: {}", path, std::strerror(errno)));
+    }
+  }
+  PullLock(PullLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  PullLock& operator=(PullLock&& other) noexcept {
+    std::swap(fd_, other.fd_);
+    return *this;
+  }
+  PullLock(const PullLock&) = delete;
+  PullLock& operator=(const PullLock&) = delete;
+  ~PullLock() {
+    if (fd_ >= 0) ::close(fd_); // releases the lock
+  }
+
+private:
+  int fd_ = -1;
+};
 
 } // namespace
 
@@ -221,20 +367,51 @@ int run_pull(const std::string& spec, const PullOptions& options) {
   }
 
   const ModelStore store(options.models_dir);
+  // Two pulls of one model would write the same .part files: the second
+  // waits for the first, then finds its files present.
+  PullLock lock;
+  try {
+    lock = PullLock(options.models_dir, plan.name);
+  } catch (const std::exception& error) {
+    std::cerr << "mmserve pull: " << error.what() << '\n';
+    return 1;
+  }
   ModelManifest manifest;
   manifest.name = plan.name;
   manifest.family = plan.family;
   manifest.repo = plan.repo;
   manifest.revision = plan.revision;
   try {
-    manifest.license = fetch_license(endpoint, plan, download);
+    nlohmann::json info;
+    try {
+      info = fetch_repo_info(endpoint, plan, download);
+    } catch (const DownloadError&) {
+      if (plan.files.empty()) throw; // the file list is needed; a licence is not
+    }
+    manifest.license = license_of(info);
+    if (plan.files.empty()) {
+      if (!info.is_object() || !info.contains("siblings") || !info["siblings"].is_array()) {
+        throw std::invalid_argument(fmt::format("{} did not list the files of {} (revision {}): pull REPO:FILE instead",
+                                                endpoint, plan.repo, plan.revision));
+      }
+      std::vector<std::string> files;
+      for (const auto& sibling : info["siblings"]) {
+        if (sibling.is_object() && sibling.contains("rfilename") && sibling["rfilename"].is_string())
+          files.push_back(sibling["rfilename"].get<std::string>());
+      }
+      choose_repo_files(plan, files);
+      manifest.family = plan.family;
+      std::cerr << fmt::format("{}: pulling {} file{}: {}\n", plan.repo, plan.files.size(),
+                               plan.files.size() == 1 ? "" : "s", fmt::join(plan.files, ", "));
+    }
     // Speech models go straight into models_dir, where `mmserve speech`
     // looks for ggml-<size>.bin; the others get a folder of their own.
     const fs::path folder =
         plan.family == "speech" ? fs::path(options.models_dir) : fs::path(options.models_dir) / plan.name;
     fs::create_directories(folder);
     for (const auto& file : plan.files) {
-      const fs::path dest = folder / fs::path(file).filename();
+      const fs::path dest = folder / (plan.keep_paths ? fs::path(file) : fs::path(file).filename());
+      if (plan.keep_paths) fs::create_directories(dest.parent_path());
       const std::string url = fmt::format("{}/{}/resolve/{}/{}", endpoint, plan.repo, plan.revision, file);
       ModelFileEntry entry{fs::relative(dest, options.models_dir).string(), 0, {}, url};
       std::error_code ec;
@@ -258,6 +435,9 @@ int run_pull(const std::string& spec, const PullOptions& options) {
     }
     manifest.pulled_at = utc_now();
     store.save(manifest);
+  } catch (const std::invalid_argument& error) { // the repository holds nothing clear to pull
+    std::cerr << "mmserve pull: " << error.what() << '\n';
+    return 2;
   } catch (const std::exception& error) {
     std::cerr << "mmserve pull: " << error.what() << '\n';
     return 1;

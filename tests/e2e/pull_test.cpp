@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <random>
+#include <set>
 
 using namespace mmserve::test;
 namespace fs = std::filesystem;
@@ -194,3 +195,85 @@ TEST_F(Pull, ModelsListAndRemove) {
 }
 
 } // namespace
+
+namespace {
+std::string siblings_json(const std::vector<std::string>& files) {
+  nlohmann::json siblings = nlohmann::json::array();
+  for (const auto& file : files)
+    siblings.push_back({{"rfilename", file}});
+  return nlohmann::json{{"siblings", siblings}, {"cardData", {{"license", "mit"}}}}.dump();
+}
+} // namespace
+
+TEST_F(Pull, AWholeGgufRepositoryGivesItsQ8ModelAndProjector) {
+  const std::vector<std::string> files = {"README.md", "tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf", "mmproj-tiny-Q8_0.gguf",
+                                          "mmproj-tiny-f16.gguf"};
+  hub_.route("/api/models/acme/tiny-GGUF/revision/main", {200, {}, siblings_json(files)});
+  for (size_t i = 0; i < files.size(); ++i)
+    hub_.route("/acme/tiny-GGUF/resolve/main/" + files[i], {200, {}, random_bytes(1000 + i, 10 + i)});
+
+  const auto result = mmserve({"pull", "acme/tiny-GGUF"});
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto doc = manifest("tiny-GGUF");
+  EXPECT_EQ(doc["family"], "vision");
+  EXPECT_EQ(doc["license"], "mit");
+  ASSERT_EQ(doc["files"].size(), 2u) << doc.dump();
+  EXPECT_EQ(doc["files"][0]["path"], "tiny-GGUF/tiny-Q8_0.gguf");
+  EXPECT_EQ(doc["files"][1]["path"], "tiny-GGUF/mmproj-tiny-f16.gguf");
+  EXPECT_EQ(read_file(models_ + "/tiny-GGUF/tiny-Q8_0.gguf"), random_bytes(1002, 12));
+  EXPECT_FALSE(fs::exists(models_ + "/tiny-GGUF/tiny-Q4_K_M.gguf"));
+}
+
+TEST_F(Pull, ADiffusersRepositoryKeepsItsFoldersAndPrefersFp16Weights) {
+  const std::vector<std::string> files = {"model_index.json",
+                                          "README.md",
+                                          "unet/config.json",
+                                          "unet/diffusion_pytorch_model.safetensors",
+                                          "unet/diffusion_pytorch_model.fp16.safetensors",
+                                          "vae/config.json",
+                                          "vae/diffusion_pytorch_model.safetensors",
+                                          "text_encoder/model.safetensors",
+                                          "text_encoder/pytorch_model.bin",
+                                          "tokenizer/vocab.json",
+                                          "tokenizer/merges.txt",
+                                          "scheduler/scheduler_config.json"};
+  hub_.route("/api/models/acme/tiny-sd/revision/main", {200, {}, siblings_json(files)});
+  for (const auto& file : files)
+    hub_.route("/acme/tiny-sd/resolve/main/" + file, {200, {}, "bytes of " + file});
+
+  const auto result = mmserve({"pull", "acme/tiny-sd"});
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(contains(result.output, "mmserve image --model " + models_ + "/tiny-sd")) << result.output;
+  const auto doc = manifest("tiny-sd");
+  EXPECT_EQ(doc["family"], "image");
+  std::set<std::string> pulled;
+  for (const auto& file : doc["files"])
+    pulled.insert(file["path"].get<std::string>());
+  const std::set<std::string> expected = {"tiny-sd/model_index.json",
+                                          "tiny-sd/unet/config.json",
+                                          "tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors",
+                                          "tiny-sd/vae/config.json",
+                                          "tiny-sd/vae/diffusion_pytorch_model.safetensors",
+                                          "tiny-sd/text_encoder/model.safetensors",
+                                          "tiny-sd/tokenizer/vocab.json",
+                                          "tiny-sd/tokenizer/merges.txt",
+                                          "tiny-sd/scheduler/scheduler_config.json"};
+  EXPECT_EQ(pulled, expected);
+  EXPECT_EQ(read_file(models_ + "/tiny-sd/unet/diffusion_pytorch_model.fp16.safetensors"),
+            "bytes of unet/diffusion_pytorch_model.fp16.safetensors");
+}
+
+TEST_F(Pull, AnAmbiguousRepositoryAsksForAFile) {
+  hub_.route("/api/models/acme/whispers/revision/main",
+             {200, {}, siblings_json({"ggml-tiny.bin", "ggml-base.bin", "README.md"})});
+  const auto result = mmserve({"pull", "acme/whispers"});
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_TRUE(contains(result.output, "several whisper.cpp models (ggml-tiny.bin, ggml-base.bin)")) << result.output;
+  EXPECT_TRUE(contains(result.output, "mmserve pull acme/whispers:FILE")) << result.output;
+  EXPECT_FALSE(fs::exists(models_ + "/manifests/whispers.json"));
+
+  // A server that lists nothing: the user is told to name the file.
+  const auto unlisted = mmserve({"pull", "acme/unlisted"});
+  EXPECT_EQ(unlisted.exit_code, 2) << unlisted.output;
+  EXPECT_TRUE(contains(unlisted.output, "pull REPO:FILE instead")) << unlisted.output;
+}
