@@ -111,6 +111,11 @@ prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy, S
         metrics.image_processing_seconds.labels({"vision", "decode"}).observe(timings.decode);
         metrics.image_processing_seconds.labels({"vision", "resize"}).observe(timings.resize);
         if (policy.disk) policy.disk->store_decoded(input.id, policy.preprocess, *input.image);
+        // Kept once it is known to be an image (a first sight: later ones hit the caches above).
+        if (policy.archive && !bytes.empty()) {
+          const std::string format = media::sniff_image_format(bytes).value_or("bin");
+          policy.archive->submit("vision", bytes, format == "jpeg" ? "jpg" : format, "image/" + format);
+        }
       }
       policy.decoded->insert(input.id, input.image);
       if (!bytes.empty()) metrics.image_size_bytes.labels({"vision"}).observe(static_cast<double>(bytes.size()));

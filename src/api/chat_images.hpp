@@ -5,6 +5,7 @@
 #pragma once
 
 #include "api/chat_request.hpp"
+#include "app/input_archive.hpp"
 #include "core/config.hpp"
 #include "core/lru_cache.hpp"
 #include "core/server_metrics.hpp"
@@ -46,6 +47,8 @@ struct ChatImagePolicy {
   // The media temp cache on disk (null: none): fetched images, URL links
   // and decoded pixels that outlive the process and are shared by replicas.
   std::shared_ptr<media::ImageDiskCache> disk;
+  // Object storage for the uploaded images (null: not kept).
+  std::shared_ptr<InputArchive> archive;
 };
 // Throws ConfigError for a value the config reader could not check alone.
 ChatImagePolicy chat_image_policy(const MediaConfig& media, std::shared_ptr<storage::TempCache> disk_cache = nullptr);

@@ -101,10 +101,11 @@ http::net::awaitable<void> respond_stream(const asr::WhisperEngine::Submission& 
 
 } // namespace
 
-void register_speech_routes(http::Router& router, ModelRegistry& registry, uint64_t max_audio_bytes) {
+void register_speech_routes(http::Router& router, ModelRegistry& registry, uint64_t max_audio_bytes,
+                            std::shared_ptr<InputArchive> archive) {
   for (const bool translation : {false, true}) {
-    auto handler = [&registry, max_audio_bytes,
-                    translation](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    auto handler = [&registry, max_audio_bytes, translation,
+                    archive](http::HttpExchange& exchange) -> http::net::awaitable<void> {
       // Known before the upload: no point reading 100 MB to answer 503.
       registry.check_servable("speech");
       MultipartLimits limits;
@@ -115,6 +116,10 @@ void register_speech_routes(http::Router& router, ModelRegistry& registry, uint6
       // The lease keeps the model loaded until the answer is written.
       const ModelLease lease = co_await registry.acquire(id, exchange.deadline());
       auto& engine = lease.get<asr::WhisperEngine>();
+      if (archive) {
+        const auto [extension, content_type] = upload_kind(form.file->filename, form.file->content_type);
+        archive->submit("speech", form.file->data, extension, content_type);
+      }
       // The upload moves into the job: it is decoded once, on an engine worker.
       auto submission =
           engine.submit(std::move(form.file->data), request.params, co_await boost::asio::this_coro::executor);

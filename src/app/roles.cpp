@@ -220,13 +220,16 @@ int run_role(Role role, const Config& config) {
   if (speech) metrics.queue_depth.labels({"speech"}).set(0);
   if (image) metrics.queue_depth.labels({"image"}).set(0);
 
+  // Declared before the server, so it outlives the coroutine frames the
+  // server's io_contexts destroy last (a request cut off by the grace period
+  // still holds an upstream lease).
+  std::optional<gateway::Gateway> front;
   http::HttpServer server(config.server, config.logging.access_log, router, metrics);
   api::register_system_routes(router, board, metrics, server.draining_flag(), role != Role::gateway);
   // The page for people: where every service of this process (or behind this gateway) is one click away.
   if (config.server.playground && (role == Role::serve || role == Role::gateway))
     playground::register_playground_routes(router);
   // The gateway fronts `serve` (its remote pools, auth, limits, CORS) and is all the `gateway` role runs.
-  std::optional<gateway::Gateway> front;
   if (role == Role::serve || role == Role::gateway) {
     front.emplace(config.gateway, server.io_context(), metrics);
     front->set_local_models([&board] {
@@ -238,8 +241,12 @@ int run_role(Role role, const Config& config) {
     server.set_front([&front](http::HttpExchange& exchange) { return front->handle(exchange); });
     front->start();
   }
-  const api::ChatImagePolicy image_policy =
+  // storage.inputs: uploads kept in the bucket (null: not kept).
+  const std::shared_ptr<InputArchive> archive =
+      vision || speech ? make_input_archive(config, process_environment(), metrics) : nullptr;
+  api::ChatImagePolicy image_policy =
       api::chat_image_policy(config.media, vision ? open_media_cache(config.media, metrics) : nullptr);
+  image_policy.archive = archive;
   if (vision) {
     api::register_chat_routes(
         router,
@@ -251,7 +258,7 @@ int run_role(Role role, const Config& config) {
           co_await api::run_chat_completion(lease.get<vlm::VlmEngine>(), request, image_policy, metrics, exchange);
         });
   }
-  if (speech) api::register_speech_routes(router, *registry, config.speech.max_audio_bytes);
+  if (speech) api::register_speech_routes(router, *registry, config.speech.max_audio_bytes, archive);
   if (vision || speech) api::register_model_admin_routes(router, *registry, config.registry.admin_api_keys);
 
   server.listen();

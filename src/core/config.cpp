@@ -422,6 +422,13 @@ void read_storage(Section& root, StorageConfig& storage) {
     }
     outputs->finish();
   }
+  if (auto inputs = root.section("inputs")) {
+    auto& c = storage.inputs;
+    inputs->read_enum("backend", c.backend, {"none", "s3"});
+    inputs->read("key_prefix", c.key_prefix);
+    inputs->read_bytes("max_pending", c.max_pending, 1);
+    inputs->finish();
+  }
 }
 
 YAML::Node parse_yaml(const std::string& text, const std::string& source) {
@@ -802,6 +809,11 @@ void dump_storage(YAML::Emitter& out, const StorageConfig& storage) {
   out << YAML::Key << "base_url" << YAML::Value << storage.outputs.base_url;
   out << YAML::Key << "key_prefix" << YAML::Value << storage.outputs.key_prefix;
   out << YAML::Key << "presign_expiry" << YAML::Value << storage.outputs.presign_expiry_s;
+  out << YAML::EndMap;
+  out << YAML::Key << "inputs" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "backend" << YAML::Value << storage.inputs.backend;
+  out << YAML::Key << "key_prefix" << YAML::Value << storage.inputs.key_prefix;
+  out << YAML::Key << "max_pending" << YAML::Value << storage.inputs.max_pending;
   out << YAML::EndMap;
   out << YAML::EndMap;
 }

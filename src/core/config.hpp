@@ -125,9 +125,17 @@ struct OutputsConfig {
   double presign_expiry_s = 3600;      // presigned GET URLs' lifetime
 };
 
+// Uploaded inputs (chat images, audio files) copied to the bucket, content-addressed.
+struct InputsConfig {
+  std::string backend = "none";        // none or s3
+  std::string key_prefix = "inputs/";  // s3 object key prefix
+  uint64_t max_pending = 256ull << 20; // bytes queued for upload; more is dropped (and counted)
+};
+
 struct StorageConfig {
   S3Config s3;
   OutputsConfig outputs;
+  InputsConfig inputs;
 };
 
 // The seed's multimodal-gateway Ingress: routes (host + path prefix) to

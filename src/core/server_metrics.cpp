@@ -121,7 +121,11 @@ ServerMetrics::ServerMetrics()
                                          {"service", "model", "result"})),
       model_unloads_total(registry.counter("mmserve_model_unloads_total",
                                            "Model unloads, by reason (idle, evicted, admin).",
-                                           {"service", "model", "reason"})) {
+                                           {"service", "model", "reason"})),
+      inputs_archived_total(registry.counter("mmserve_inputs_archived_total",
+                                             "Uploaded inputs copied to object storage (storage.inputs), by result "
+                                             "(stored, known: kept before, failed, dropped).",
+                                             {"service", "result"})) {
   http_requests_in_flight.labels({}).set(0);
   http_connections_open.labels({}).set(0);
   build_info.labels({kVersion}).set(1);

@@ -55,6 +55,9 @@ struct ServerMetrics {
   metrics::GaugeFamily& models_memory_budget_bytes; // (none)
   metrics::CounterFamily& model_loads_total;        // service, model, result: loaded failed
   metrics::CounterFamily& model_unloads_total;      // service, model, reason: idle evicted admin
+
+  // Uploaded inputs kept in object storage.
+  metrics::CounterFamily& inputs_archived_total; // service, result: stored known failed dropped
 };
 
 } // namespace mmserve

@@ -151,6 +151,23 @@ void UpstreamPool::stop() {
   stopped_->store(true);
   if (resolve_timer_) resolve_timer_->cancel();
   if (health_timer_) health_timer_->cancel();
+  // After stop the pool holds no I/O object: the loops' frames keep their
+  // own timer references, and kept-alive connections (which belong to the
+  // server's io_contexts, several of them) close now, while those contexts
+  // exist. The pool may then outlive the contexts.
+  resolve_timer_.reset();
+  health_timer_.reset();
+  std::vector<std::unique_ptr<UpstreamConnection>> closing;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& group : endpoints_) {
+      for (auto& endpoint : group) {
+        for (auto& connection : endpoint->idle)
+          closing.push_back(std::move(connection));
+        endpoint->idle.clear();
+      }
+    }
+  }
 }
 
 net::awaitable<void> UpstreamPool::resolve_loop() {
@@ -263,7 +280,8 @@ void UpstreamPool::give_back(Endpoint& endpoint, std::unique_ptr<UpstreamConnect
   connection->idle_since = Clock::now();
   connection->stream.expires_never();
   std::lock_guard lock(mutex_);
-  if (!endpoint.healthy || static_cast<int>(endpoint.idle.size()) >= config_.max_idle_connections) return;
+  if (stopped_->load() || !endpoint.healthy || static_cast<int>(endpoint.idle.size()) >= config_.max_idle_connections)
+    return;
   // Oldest first out: drop connections idle for too long.
   std::erase_if(endpoint.idle, [&](const auto& c) {
     return connection->idle_since - c->idle_since >= millis(config_.idle_connection_timeout_s);

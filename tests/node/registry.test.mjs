@@ -292,14 +292,17 @@ test('hot load and unload under traffic: no request to the other model fails', {
   };
   const workers = [traffic(), traffic()];
   for (let round = 0; round < 3; round++) {
+    const before = results.length;
+    while (results.length === before) await sleep(5); // a request to the other model between rounds
     assert.ok([200, 202].includes((await admin(server.base, 'tiny-llama', 'load')).status));
     await waitStatus(server.base, 'tiny-llama', 'loaded');
     assert.equal((await chat(server.base, 'tiny-llama')).status, 200);
     assert.equal((await admin(server.base, 'tiny-llama', 'unload')).status, 200);
   }
+  // Loads are quick on these small models: the traffic goes on a while longer either way.
+  while (results.length < 20) await sleep(10);
   running = false;
   await Promise.all(workers);
-  assert.ok(results.length >= 6, `${results.length} requests`);
   assert.deepEqual(results.filter((status) => status !== 200), []);
   assert.equal(await metric(server.base, 'mmserve_model_loads_total', { service: 'vision', model: 'tiny-llama', result: 'loaded' }), 3);
   assert.equal(await stop(server), 0);

@@ -605,3 +605,25 @@ test('bad gateway configuration fails fast naming the key', async () => {
     assert.match(log, message, `${yaml}: ${log}`);
   }
 });
+
+test('shutdown with upstream connections kept on every I/O thread and a health check in flight exits cleanly', async () => {
+  // The health check path never answers, so a check is always in flight;
+  // requests over many client connections leave kept-alive upstream
+  // connections on each I/O thread's io_context. Those must close while
+  // their contexts exist (a crash in free() at exit, seen in CI, otherwise).
+  const upstream = await startUpstream('kept');
+  const gateway = await startMmserve(`server: {io_threads: 4}
+gateway:
+  health_check: {path: /health/slow, interval: 30s}
+  connect_timeout: 30s
+  routes: [{path: /v1/, pool: vision}]
+  pools:
+    vision: {endpoints: [${upstream.url}]}
+    image: {endpoints: [${upstream.url}]}
+    speech: {endpoints: [${upstream.url}]}
+`);
+  const answers = await Promise.all(Array.from({ length: 24 }, () => post(gateway.port, '/v1/chat/completions', '{}')));
+  assert.ok(answers.every((response) => response.status === 200));
+  assert.equal(await stop(gateway), 0);
+  upstream.child.kill('SIGKILL');
+});

@@ -1,0 +1,142 @@
+// storage.inputs: the images and audio files clients upload are kept in an
+// S3-compatible bucket (s3rver), once each, named by SHA-256, and read back
+// with the official AWS SDK; a bucket that fails does not fail requests.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import S3rver from 's3rver';
+import { S3Client, GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { freePort } from './support.mjs';
+
+const binary = process.env.MMSERVE_BIN;
+const modelsDir = process.env.MMSERVE_TEST_MODELS || path.resolve(process.env.MMSERVE_SOURCE_DIR || '.', '../shared/models');
+const stories = path.join(modelsDir, 'stories260K.gguf');
+const mmproj = process.env.MMSERVE_TEST_MMPROJ || '';
+const whisper = process.env.MMSERVE_TEST_WHISPER || '';
+const photo = path.resolve(modelsDir, '../media/newspaper-moon.jpeg');
+const speech = path.resolve(modelsDir, '../media/jfk.mp3');
+const absent = [stories, mmproj, whisper, photo, speech].filter((file) => !file || !existsSync(file));
+const skip = (!binary && 'MMSERVE_BIN is not set') || (absent.length > 0 && `test files absent, skipping: ${absent.join(', ')}`);
+
+const BUCKET = 'mmserve-inputs';
+let dir;
+let s3rver;
+let endpoint;
+let sdk;
+const children = [];
+
+before(async () => {
+  if (skip) return;
+  dir = mkdtempSync(path.join(tmpdir(), 'mmserve-inputs-'));
+  s3rver = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: path.join(dir, 'data'),
+    configureBuckets: [{ name: BUCKET }] });
+  const { port } = await s3rver.run();
+  endpoint = `http://127.0.0.1:${port}`;
+  sdk = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+});
+
+after(async () => {
+  for (const child of children) child.kill('SIGKILL');
+  await s3rver?.close();
+});
+
+async function start(bucketEndpoint) {
+  const port = await freePort();
+  const file = path.join(mkdtempSync(path.join(dir, 'server-')), 'mmserve.yaml');
+  writeFileSync(file, `server: {port: ${port}}\nimage: {enabled: false}\n` +
+    `vision: {model_path: ${stories}, mmproj_path: ${mmproj}, max_model_len: 1024}\nspeech: {model_path: ${whisper}}\n` +
+    `media: {storage: {temp_dir: ${path.join(path.dirname(file), 'media')}}}\n` +
+    `storage:\n  s3: {endpoint: '${bucketEndpoint}', bucket: ${BUCKET}, region: us-east-1, access_key_id: S3RVER, secret_access_key: S3RVER, timeout: 5s}\n` +
+    `  inputs: {backend: s3, key_prefix: uploads/}\n`);
+  const child = spawn(binary, ['serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let log = '';
+  child.stdout.on('data', (piece) => { log += piece; });
+  child.stderr.on('data', (piece) => { log += piece; });
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`mmserve exited:\n${log}`);
+    if ((await fetch(`${base}/readyz`).catch(() => null))?.status === 200) break;
+    if (i > 1500) throw new Error(`mmserve did not get ready:\n${log}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { base, child, log: () => log };
+}
+
+async function metric(base, labels) {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const selector = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).join(',');
+  const line = text.split('\n').find((l) => l.startsWith(`mmserve_inputs_archived_total{${selector}}`));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
+
+async function waitFor(condition, what) {
+  for (let i = 0; i < 500; i++) {
+    if (await condition()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+async function chatWithImage(base, jpeg) {
+  const response = await fetch(`${base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ max_tokens: 4, messages: [{ role: 'user', content: [
+      { type: 'text', text: 'What is this?' },
+      { type: 'image_url', image_url: { url: `data:image/jpeg;base64,${jpeg.toString('base64')}` } }] }] }),
+  });
+  await response.json();
+  return response.status;
+}
+
+async function transcribe(base, bytes, name) {
+  const form = new FormData();
+  form.append('file', new Blob([bytes]), name);
+  const response = await fetch(`${base}/v1/audio/transcriptions`, { method: 'POST', body: form });
+  await response.json();
+  return response.status;
+}
+
+async function objectBytes(key) {
+  const object = await sdk.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+  return Buffer.from(await object.Body.transformToByteArray());
+}
+
+test('uploaded images and audio are kept once each, under their SHA-256', { skip }, async () => {
+  const server = await start(endpoint);
+  const jpeg = readFileSync(photo);
+  const mp3 = readFileSync(speech);
+  assert.equal(await chatWithImage(server.base, jpeg), 200);
+  assert.equal(await transcribe(server.base, mp3, 'JFK.MP3'), 200);
+  await waitFor(async () => (await metric(server.base, { service: 'vision', result: 'stored' })) === 1 &&
+    (await metric(server.base, { service: 'speech', result: 'stored' })) === 1, 'both uploads');
+
+  const sha = (bytes) => createHash('sha256').update(bytes).digest('hex');
+  assert.deepEqual(await objectBytes(`uploads/${sha(jpeg)}.jpg`), jpeg);
+  assert.deepEqual(await objectBytes(`uploads/${sha(mp3)}.mp3`), mp3);
+
+  // The same audio again: not uploaded a second time.
+  assert.equal(await transcribe(server.base, mp3, 'again.mp3'), 200);
+  await waitFor(async () => (await metric(server.base, { service: 'speech', result: 'known' })) === 1, 'the repeat');
+  const listed = await sdk.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'uploads/' }));
+  assert.equal(listed.KeyCount, 2);
+  assert.equal(await metric(server.base, { service: 'speech', result: 'stored' }), 1);
+  server.child.kill('SIGTERM');
+});
+
+test('a bucket that cannot be reached costs no request', { skip }, async () => {
+  const unreachable = `http://127.0.0.1:${await freePort()}`;
+  const server = await start(unreachable);
+  assert.equal(await transcribe(server.base, readFileSync(speech), 'jfk.mp3'), 200);
+  await waitFor(async () => (await metric(server.base, { service: 'speech', result: 'failed' })) === 1, 'the failure');
+  assert.match(server.log(), /input not kept/);
+  assert.equal(await transcribe(server.base, readFileSync(speech), 'jfk.mp3'), 200);
+  server.child.kill('SIGTERM');
+});
