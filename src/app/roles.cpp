@@ -113,12 +113,13 @@ EngineLoader speech_loader(const std::string& path, const std::string& id, const
   options.audio_limits.max_bytes = config.speech.max_audio_bytes;
   options.audio_limits.max_seconds = config.speech.max_audio_seconds;
   return [options, device = config.speech.device, compute_type = config.speech.compute_type,
-          cache_dir = config.models_dir + "/cache", &metrics](const LoadProgress&) mutable -> std::shared_ptr<void> {
+          cache_dir = config.models_dir + "/cache",
+          &metrics](const LoadProgress& progress) mutable -> std::shared_ptr<void> {
     // COMPUTE_TYPE picks the weights; a missing type is made once into the model cache.
     options.model_path =
         asr::ensure_whisper_weights(options.model_path, cache_dir, asr::whisper_weights_of_compute_type(compute_type));
     options.use_gpu = speech_uses_gpu(device);
-    return std::make_shared<asr::WhisperEngine>(options, metrics);
+    return std::make_shared<asr::WhisperEngine>(options, metrics, progress);
   };
 }
 

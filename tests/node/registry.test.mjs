@@ -38,9 +38,10 @@ async function start(yaml, { host = '127.0.0.1', readyIds = [] } = {}) {
   const file = path.join(dir, 'mmserve.yaml');
   writeFileSync(file, `server:\n  host: ${host}\n  port: ${port}\nimage:\n  enabled: false\n` +
     `media:\n  storage:\n    temp_dir: ${path.join(dir, 'media')}\n${yaml}`);
-  const child = spawn(binary, ['serve', '--config', file], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, HOME: dir } });
+  const child = spawn(binary, ['serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: dir } });
   children.push(child);
   let log = '';
+  child.stdout.on('data', (piece) => { log += piece; });
   child.stderr.on('data', (piece) => { log += piece; });
   const base = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {
@@ -161,6 +162,9 @@ test('several models per service, chosen by "model", loaded on first use; unknow
   models = await list(server.base);
   assert.equal(models['tiny-llama'].status, 'loaded');
   assert.equal(models['whisper-en'].status, 'loaded');
+  // Loading reports its progress, for speech too (bytes of the file read).
+  assert.match(server.log(), /loading speech model 'whisper-en': 100%/);
+  assert.match(server.log(), /loading vision model 'tiny-llama': 100%/);
   assert.equal(await metric(server.base, 'mmserve_model_loads_total', { service: 'vision', model: 'tiny-llama', result: 'loaded' }), 1);
   const reserved = await metric(server.base, 'mmserve_models_memory_bytes');
   const sum = Object.values(models).reduce((total, model) => total + (model.memory_bytes || 0), 0);

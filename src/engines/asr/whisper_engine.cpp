@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
 namespace mmserve::asr {
 namespace {
@@ -215,15 +217,44 @@ Segment segment_of(RunContext& run, whisper_state* state, int index) {
   return segment;
 }
 
+// whisper.cpp's file loader, reading through a counter so the model's
+// loading progress (bytes read of the file) shows in /v1/models and the log.
+whisper_context* load_with_progress(const std::string& path, whisper_context_params params,
+                                    const std::function<void(float)>& progress) {
+  struct Reader {
+    std::ifstream in;
+    uint64_t size = 0;
+    uint64_t done = 0;
+    const std::function<void(float)>* progress = nullptr;
+  } reader;
+  reader.in.open(path, std::ios::binary);
+  if (!reader.in) return nullptr;
+  std::error_code ec;
+  reader.size = std::filesystem::file_size(path, ec);
+  reader.progress = &progress;
+  whisper_model_loader loader{};
+  loader.context = &reader;
+  loader.read = [](void* context, void* output, size_t size) {
+    auto* r = static_cast<Reader*>(context);
+    r->in.read(static_cast<char*>(output), static_cast<std::streamsize>(size));
+    r->done += size;
+    if (*r->progress && r->size > 0) (*r->progress)(std::min(1.0f, static_cast<float>(r->done) / r->size));
+    return size;
+  };
+  loader.eof = [](void* context) { return static_cast<Reader*>(context)->in.eof(); };
+  loader.close = [](void* context) { static_cast<Reader*>(context)->in.close(); };
+  return whisper_init_with_params_no_state(&loader, params);
+}
+
 } // namespace
 
-WhisperEngine::WhisperEngine(AsrOptions options, ServerMetrics& metrics)
+WhisperEngine::WhisperEngine(AsrOptions options, ServerMetrics& metrics, const std::function<void(float)>& progress)
     : options_(std::move(options)), metrics_(metrics) {
   route_whisper_logs();
   whisper_context_params context_params = whisper_context_default_params();
   context_params.use_gpu = options_.use_gpu;
   context_params.gpu_device = options_.gpu_device;
-  context_ = whisper_init_from_file_with_params_no_state(options_.model_path.c_str(), context_params);
+  context_ = load_with_progress(options_.model_path, context_params, progress);
   if (!context_) throw std::runtime_error(fmt::format("cannot load whisper model '{}'", options_.model_path));
   multilingual_ = whisper_is_multilingual(context_) != 0;
 

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -81,7 +82,8 @@ struct AsrJob;
 class WhisperEngine {
 public:
   // Loads the model (blocking). Throws std::runtime_error naming the file.
-  WhisperEngine(AsrOptions options, ServerMetrics& metrics);
+  // `progress` (0..1, may be empty) follows the model file being read.
+  WhisperEngine(AsrOptions options, ServerMetrics& metrics, const std::function<void(float)>& progress = {});
   ~WhisperEngine();
   WhisperEngine(const WhisperEngine&) = delete;
   WhisperEngine& operator=(const WhisperEngine&) = delete;
