@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <system_error>
 
 namespace mmserve {
 namespace fs = std::filesystem;
@@ -297,11 +298,13 @@ public:
     fs::create_directories(dir);
     const std::string path = (dir / (name + ".lock")).string();
     fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw std::runtime_error(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+    if (fd_ < 0)
+      throw std::runtime_error(fmt::format("cannot open {}: {}", path, std::generic_category().message(errno)));
     if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
     std::cerr << fmt::format("waiting for another `mmserve pull` of {} to finish\n", name);
     while (::flock(fd_, LOCK_EX) != 0) {
-      if (errno != EINTR) throw std::runtime_error(fmt::format("cannot lock {}: {}", path, std::strerror(errno)));
+      if (errno != EINTR)
+        throw std::runtime_error(fmt::format("cannot lock {}: {}", path, std::generic_category().message(errno)));
     }
   }
   PullLock(PullLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}

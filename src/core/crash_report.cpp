@@ -25,9 +25,21 @@ void write_backtrace() {
   backtrace_symbols_fd(frames, count, STDERR_FILENO);
 }
 
+// strsignal is neither thread- nor signal-safe: the names of the signals handled.
+const char* signal_name(int signal_number) {
+  switch (signal_number) {
+  case SIGSEGV: return "SIGSEGV (segmentation fault)";
+  case SIGBUS: return "SIGBUS (bus error)";
+  case SIGFPE: return "SIGFPE (arithmetic exception)";
+  case SIGILL: return "SIGILL (illegal instruction)";
+  case SIGABRT: return "SIGABRT (aborted)";
+  default: return "(unknown)";
+  }
+}
+
 void on_fatal_signal(int signal_number) {
   write_text("mmserve: fatal signal ");
-  write_text(strsignal(signal_number));
+  write_text(signal_name(signal_number));
   write_text("; stack:\n");
   write_backtrace();
   std::signal(signal_number, SIG_DFL); // die of the same signal (core dump, exit status)

@@ -1,7 +1,9 @@
 #include "engines/diffusion/safetensors.hpp"
 
 #include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
+#include <system_error>
 
 #include <cstring>
 #include <fcntl.h>
@@ -59,7 +61,7 @@ int64_t TensorInfo::elements() const {
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw SafetensorsError(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+  if (fd < 0) throw SafetensorsError(fmt::format("cannot open '{}': {}", path, std::generic_category().message(errno)));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || st.st_size < 8) {
     ::close(fd);
@@ -68,7 +70,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   mapped_size_ = static_cast<uint64_t>(st.st_size);
   void* mapped = ::mmap(nullptr, mapped_size_, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
-  if (mapped == MAP_FAILED) throw SafetensorsError(fmt::format("cannot map '{}': {}", path, std::strerror(errno)));
+  if (mapped == MAP_FAILED)
+    throw SafetensorsError(fmt::format("cannot map '{}': {}", path, std::generic_category().message(errno)));
   mapped_ = static_cast<const uint8_t*>(mapped);
 
   try {
