@@ -724,6 +724,7 @@ async function refreshStatus() {
         cell.textContent = value;
         row.append(cell);
       }
+      row.append(modelActions(model));
       return row;
     }));
     if (!metricsResponse.ok) throw new Error(await errorMessage(metricsResponse));
@@ -755,6 +756,32 @@ async function refreshStatus() {
   } catch (error) {
     $('status-ready').textContent = `Status unavailable: ${error.message}`;
   }
+}
+
+// Load / Unload buttons for the models the registry manages.
+function modelActions(model) {
+  const cell = document.createElement('td');
+  const action = model.status === 'loaded' ? 'unload' : model.loads_on_demand ? 'load' : null;
+  if (!action || !['vision', 'speech'].includes(model.service)) return cell;
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.textContent = action === 'load' ? 'Load' : 'Unload';
+  button.setAttribute('aria-label', `${button.textContent} ${model.id}`);
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    try {
+      const response = await api(`/v1/models/${encodeURIComponent(model.id)}/${action}`, { method: 'POST' });
+      $('status-action').textContent = response.ok
+        ? `${model.id}: ${action === 'load' ? 'loading' : 'unloaded'}.`
+        : `${model.id}: ${await errorMessage(response)}`;
+    } catch (error) {
+      $('status-action').textContent = `${model.id}: ${error.message}`;
+    }
+    await refreshStatus();
+    if (action === 'load') watchModels();
+  });
+  cell.append(button);
+  return cell;
 }
 
 let statusTimer = null;

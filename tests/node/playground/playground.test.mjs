@@ -20,13 +20,14 @@ const mediaDir = path.resolve(modelsDir, '../media');
 const textModel = path.join(modelsDir, 'stories260K.gguf');
 const mmproj = process.env.MMSERVE_TEST_MMPROJ || '';
 const whisperModel = process.env.MMSERVE_TEST_WHISPER || '';
+const tinyLlama = process.env.MMSERVE_TEST_TINY_LLAMA || '';
 const photo = path.join(mediaDir, 'newspaper-moon.jpeg');
 const speech = path.join(mediaDir, 'jfk.mp3');
 const artifacts = process.env.MMSERVE_TEST_ARTIFACTS || path.join(tmpdir(), 'mmserve-playground-artifacts');
 const browserPath = [process.env.CHROMIUM_PATH, '/usr/lib/chromium/chromium', '/usr/bin/chromium']
   .find((candidate) => candidate && existsSync(candidate));
 
-const absent = [textModel, mmproj, whisperModel, photo, speech].filter((file) => !file || !existsSync(file));
+const absent = [textModel, mmproj, whisperModel, tinyLlama, photo, speech].filter((file) => !file || !existsSync(file));
 const skip = (!browserPath && 'chromium is not installed (scripts/bootstrap.sh installs it), skipping') ||
   (absent.length > 0 && `test files absent, skipping: ${absent.join(', ')}`);
 
@@ -49,7 +50,7 @@ async function startServer(config, { ready = true, serverKeys = '', apiKey = '' 
   for (let i = 0; ; i++) {
     const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
     const list = await fetch(`${base}/v1/models`, { headers }).then((r) => (r.ok ? r.json() : null)).catch(() => null);
-    if (list && (!ready || list.data.every((m) => m.status === 'loaded' || m.service === 'image'))) break;
+    if (list && (!ready || list.data.every((m) => m.status === 'loaded' || m.service === 'image' || m.loads_on_demand))) break;
     if (i === 1500) throw new Error(`mmserve did not load its models:\n${log}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -109,7 +110,8 @@ describe('playground against a server with vision, speech and no image model', {
   before(async () => {
     server = await startServer(
       `vision:\n  model_path: ${textModel}\n  mmproj_path: ${mmproj}\n  max_model_len: 1024\n  parallel: 2\n` +
-      `speech:\n  model_path: ${whisperModel}\n`);
+      `speech:\n  model_path: ${whisperModel}\n` +
+      `registry:\n  models: [{name: tiny-llama, service: vision, path: ${tinyLlama}}]\n`);
   });
 
   test('the page and its files come from the binary, revalidated by ETag', async () => {
@@ -287,10 +289,11 @@ describe('playground against a server with vision, speech and no image model', {
       });
     }
     await page.click('#tab-status');
-    await page.waitForFunction(() => document.querySelectorAll('#status-models tbody tr').length === 3);
+    await page.waitForFunction(() => document.querySelectorAll('#status-models tbody tr').length === 4);
     const models = await page.$$eval('#status-models tbody tr', (rows) => rows.map((row) => [...row.cells].map((c) => c.textContent)));
-    const byService = Object.fromEntries(models.map(([, service, status]) => [service, status]));
-    assert.deepEqual(byService, { vision: 'loaded', speech: 'loaded', image: 'missing' });
+    const byId = Object.fromEntries(models.map(([id, service, status]) => [id, `${service} ${status}`]));
+    assert.deepEqual(byId, { stories260K: 'vision loaded', 'tiny-llama': 'vision available', 'tiny-whisper-random': 'speech loaded',
+      'stable-diffusion': 'image missing' });
     assert.match(await page.textContent('#status-ready'), /^Not ready: image model 'stable-diffusion' is missing/);
     const queues = await page.$$eval('#status-queues tbody tr', (rows) => rows.map((row) => row.cells[0].textContent).sort());
     assert.deepEqual(queues, ['image', 'speech', 'vision']);
@@ -306,6 +309,26 @@ describe('playground against a server with vision, speech and no image model', {
     });
     assert.ok(await page.locator('#status-histograms figure', { hasText: 'model_inference_seconds' }).count() >= 1);
     await screenshot(page, 'status');
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('status: a model loads and unloads from its row', async () => {
+    const { page, context, problems } = await openPage(server.base);
+    await page.click('#tab-status');
+    const row = page.locator('#status-models tbody tr', { hasText: 'tiny-llama' });
+    await row.getByRole('button', { name: 'Load tiny-llama' }).click();
+    await page.waitForFunction(() => [...document.querySelectorAll('#status-models tbody tr')]
+      .some((r) => r.cells[0].textContent === 'tiny-llama' && r.cells[2].textContent === 'loaded'), null, { timeout: 30_000 });
+    assert.equal((await (await fetch(`${server.base}/v1/models/tiny-llama`)).json()).status, 'loaded');
+    // The chat picker offers it as loaded now.
+    await page.click('#tab-chat');
+    await page.waitForFunction(() => [...document.querySelectorAll('#chat-model option')].some((o) => o.textContent === 'tiny-llama'));
+    await page.click('#tab-status');
+    await row.getByRole('button', { name: 'Unload tiny-llama' }).click();
+    await page.waitForFunction(() => /tiny-llama: unloaded/.test(document.querySelector('#status-action').textContent));
+    assert.equal((await (await fetch(`${server.base}/v1/models/tiny-llama`)).json()).status, 'available');
+    await screenshot(page, 'status-actions');
     assert.deepEqual(problems, []);
     await context.close();
   });
