@@ -320,8 +320,16 @@ std::optional<ModelLease> ModelRegistry::try_lease(const std::string& id, bool s
 
 http::net::awaitable<ModelLease> ModelRegistry::acquire(std::string id, http::Clock::time_point deadline) {
   boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
+  // Room held by requests that are just finishing frees up within moments:
+  // a full budget is waited out this long before it is an answer.
+  const auto patience = std::min(deadline, Clock::now() + std::chrono::seconds(1));
   for (;;) {
-    auto lease = try_lease(id, true);
+    std::optional<ModelLease> lease;
+    try {
+      lease = try_lease(id, true);
+    } catch (const ApiError& error) {
+      if (error.code() != "memory_budget_full" || Clock::now() >= patience) throw;
+    }
     if (lease) co_return std::move(*lease);
     if (Clock::now() >= deadline) {
       throw ApiError::unavailable(fmt::format("The model '{}' is still loading.", id), 5, "model_not_loaded");
