@@ -4,9 +4,6 @@
 #include "gateway/access_control.hpp"
 
 #include <boost/asio/ip/address.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <fmt/format.h>
 
 namespace mmserve::api {
@@ -52,21 +49,7 @@ void register_model_admin_routes(http::Router& router, ModelRegistry& registry,
   router.add("POST", "/v1/models/{id}/unload",
              [&registry, keys](http::HttpExchange& exchange) -> http::net::awaitable<void> {
                check_admin(exchange, *keys);
-               // A request that has just been answered may not have let go of
-               // the model yet: wait a moment for the ones finishing.
-               const auto deadline = http::Clock::now() + std::chrono::seconds(1);
-               boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
-               ModelStatus status;
-               for (;;) {
-                 try {
-                   status = registry.unload(exchange.path_params().at("id"));
-                   break;
-                 } catch (const ApiError& error) {
-                   if (error.code() != "model_in_use" || http::Clock::now() >= deadline) throw;
-                 }
-                 timer.expires_after(std::chrono::milliseconds(20));
-                 co_await timer.async_wait(boost::asio::use_awaitable);
-               }
+               const ModelStatus status = co_await registry.unload(exchange.path_params().at("id"));
                co_await exchange.respond_json(200, model_object(status));
              });
 }

@@ -100,9 +100,8 @@ std::pair<std::string, std::string> upload_kind(const std::string& filename, con
   if (!extension.empty()) extension.erase(0, 1);
   for (auto& c : extension)
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  const bool usable = !extension.empty() && extension.size() <= 8 &&
-                      extension.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789") == std::string::npos;
-  return {usable ? extension : "bin", content_type.empty() ? "application/octet-stream" : content_type};
+  return {storage::valid_output_extension(extension) ? extension : "bin",
+          content_type.empty() ? "application/octet-stream" : content_type};
 }
 
 } // namespace mmserve

@@ -143,6 +143,23 @@ std::string canonical_or_empty(const std::string& path) {
   return ec ? path : canonical.string();
 }
 
+// A model besides the service's own (registry.models, or pulled into the
+// store), with the service's other settings.
+void add_named_model(ModelRegistry& registry, const RegistryModel& named, const Config& config,
+                     ServerMetrics& metrics) {
+  if (named.service == "vision") {
+    VisionConfig vision = config.vision;
+    vision.model_path = named.path;
+    vision.mmproj_path = named.mmproj;
+    vision.model_name = named.name;
+    add_vision_model(registry, vision, config, metrics, named.preload);
+  } else {
+    SpeechConfig speech = config.speech;
+    speech.model_path = named.path;
+    add_speech_model(registry, speech, named.name, config, metrics, named.preload);
+  }
+}
+
 // Every model a service can serve: its configured one (loaded at start), the
 // registry's extra models, and those pulled into the model store.
 void register_models(ModelRegistry& registry, const std::string& service, const Config& config,
@@ -158,42 +175,22 @@ void register_models(ModelRegistry& registry, const std::string& service, const 
   }
   for (const auto& extra : config.registry.models) {
     if (extra.service != service) continue;
-    if (service == "vision") {
-      VisionConfig vision = config.vision;
-      vision.model_path = extra.path;
-      vision.mmproj_path = extra.mmproj;
-      vision.model_name = extra.name;
-      add_vision_model(registry, vision, config, metrics, extra.preload);
-    } else {
-      SpeechConfig speech = config.speech;
-      speech.model_path = extra.path;
-      add_speech_model(registry, speech, extra.name, config, metrics, extra.preload);
-    }
+    add_named_model(registry, extra, config, metrics);
     remember(extra.name);
   }
   if (!config.registry.include_store || config.models_dir.empty()) return;
   for (const auto& manifest : ModelStore(config.models_dir).list()) {
     if (manifest.family != service) continue;
-    std::string model_file, mmproj_file;
+    RegistryModel pulled{manifest.name, service, "", "", false};
     for (const auto& file : manifest.files) {
       const std::string path = config.models_dir + "/" + file.path;
       const bool projector = file.path.find("mmproj") != std::string::npos;
-      if (projector && mmproj_file.empty()) mmproj_file = path;
-      if (!projector && model_file.empty()) model_file = path;
+      if (projector && pulled.mmproj.empty()) pulled.mmproj = path;
+      if (!projector && pulled.path.empty()) pulled.path = path;
     }
-    if (model_file.empty() || paths.contains(canonical_or_empty(model_file))) continue;
+    if (pulled.path.empty() || paths.contains(canonical_or_empty(pulled.path))) continue;
     try {
-      if (service == "vision") {
-        VisionConfig vision = config.vision;
-        vision.model_path = model_file;
-        vision.mmproj_path = mmproj_file;
-        vision.model_name = manifest.name;
-        add_vision_model(registry, vision, config, metrics, false);
-      } else {
-        SpeechConfig speech = config.speech;
-        speech.model_path = model_file;
-        add_speech_model(registry, speech, manifest.name, config, metrics, false);
-      }
+      add_named_model(registry, pulled, config, metrics);
     } catch (const std::invalid_argument& error) {
       spdlog::warn("model store: {} (skipped)", error.what());
     }

@@ -17,6 +17,8 @@ namespace mmserve {
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
+// How long a request that was just answered may take to let go of its model.
+constexpr auto kFinishingGrace = std::chrono::seconds(1);
 
 std::string mib(uint64_t bytes) {
   return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / kMiB);
@@ -204,13 +206,10 @@ void ModelRegistry::begin_load(Entry& entry) {
   }
   // Room: unload idle models, least recently used first. Nothing is
   // unloaded unless enough can be freed.
-  uint64_t reserved = 0;
+  const uint64_t reserved = reserved_bytes();
   std::vector<Entry*> idle;
   for (auto& other : entries_) {
-    const ModelState state = other.model.status.state;
-    if (state != ModelState::loaded && state != ModelState::loading) continue;
-    reserved += other.model.memory_bytes;
-    if (state == ModelState::loaded && other.in_use == 0) idle.push_back(&other);
+    if (other.model.status.state == ModelState::loaded && other.in_use == 0) idle.push_back(&other);
   }
   std::sort(idle.begin(), idle.end(), [](const Entry* a, const Entry* b) { return a->last_used < b->last_used; });
   std::vector<Entry*> victims;
@@ -234,15 +233,8 @@ void ModelRegistry::begin_load(Entry& entry) {
         5, "memory_budget_full");
   }
   std::vector<std::shared_ptr<void>> evicted;
-  for (Entry* victim : victims) {
-    evicted.push_back(std::move(victim->engine));
-    victim->model.status.state = ModelState::available;
-    victim->model.status.progress = 0;
-    publish(*victim);
-    metrics_.model_unloads_total.labels({victim->model.status.service, victim->model.status.id, "evicted"}).inc();
-    log_event(spdlog::level::info, "model unloaded",
-              {{"model", victim->model.status.id}, {"reason", "evicted"}, {"for", status.id}});
-  }
+  for (Entry* victim : victims)
+    evicted.push_back(take_engine(*victim, "evicted"));
   status.state = ModelState::loading;
   status.progress = 0;
   status.detail.clear();
@@ -300,6 +292,16 @@ void ModelRegistry::run_load(Entry& entry, std::vector<std::shared_ptr<void>> ev
   }
 }
 
+std::shared_ptr<void> ModelRegistry::take_engine(Entry& entry, const char* reason) {
+  auto engine = std::move(entry.engine);
+  entry.model.status.state = ModelState::available;
+  entry.model.status.progress = 0;
+  publish(entry);
+  metrics_.model_unloads_total.labels({entry.model.status.service, entry.model.status.id, reason}).inc();
+  log_event(spdlog::level::info, "model unloaded", {{"model", entry.model.status.id}, {"reason", reason}});
+  return engine;
+}
+
 std::optional<ModelLease> ModelRegistry::try_lease(const std::string& id, bool start_load) {
   // start_load: an evicted or unloaded model loads again for whoever waits on it.
   std::lock_guard lock(mutex_);
@@ -322,7 +324,7 @@ http::net::awaitable<ModelLease> ModelRegistry::acquire(std::string id, http::Cl
   boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
   // Room held by requests that are just finishing frees up within moments:
   // a full budget is waited out this long before it is an answer.
-  const auto patience = std::min(deadline, Clock::now() + std::chrono::seconds(1));
+  const auto patience = std::min(deadline, Clock::now() + kFinishingGrace);
   for (;;) {
     std::optional<ModelLease> lease;
     try {
@@ -358,13 +360,13 @@ ModelStatus ModelRegistry::load(const std::string& id) {
   return entry.model.status;
 }
 
-ModelStatus ModelRegistry::unload(const std::string& id) {
+ModelStatus ModelRegistry::try_unload(const std::string& id) {
   std::shared_ptr<void> engine;
   ModelStatus status;
   {
     std::lock_guard lock(mutex_);
     Entry& entry = find(id);
-    auto& state = entry.model.status.state;
+    const ModelState state = entry.model.status.state;
     if (state == ModelState::loading) {
       throw ApiError(409, fmt::format("The model '{}' is loading; unload it once it has loaded.", id),
                      "invalid_request_error", "model_loading")
@@ -378,13 +380,8 @@ ModelStatus ModelRegistry::unload(const std::string& id) {
                        "invalid_request_error", "model_in_use")
             .with_retry_after(1);
       }
-      engine = std::move(entry.engine);
-      state = ModelState::available;
-      entry.model.status.progress = 0;
-      publish(entry);
+      engine = take_engine(entry, "admin");
       update_memory_gauge();
-      metrics_.model_unloads_total.labels({entry.model.status.service, id, "admin"}).inc();
-      log_event(spdlog::level::info, "model unloaded", {{"model", id}, {"reason", "admin"}});
     }
     status = entry.model.status;
   }
@@ -392,13 +389,30 @@ ModelStatus ModelRegistry::unload(const std::string& id) {
   return status;
 }
 
+http::net::awaitable<ModelStatus> ModelRegistry::unload(std::string id) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
+  const auto patience = Clock::now() + kFinishingGrace;
+  for (;;) {
+    try {
+      co_return try_unload(id);
+    } catch (const ApiError& error) {
+      if (error.code() != "model_in_use" || Clock::now() >= patience) throw;
+    }
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+  }
+}
+
 ModelStatus ModelRegistry::status(const std::string& id) const {
   std::lock_guard lock(mutex_);
   return find(id).model.status;
 }
 
-uint64_t ModelRegistry::memory_reserved() const {
-  std::lock_guard lock(mutex_);
+void ModelRegistry::publish(const Entry& entry) {
+  board_.publish(entry.model.status);
+}
+
+uint64_t ModelRegistry::reserved_bytes() const {
   uint64_t reserved = 0;
   for (const auto& entry : entries_) {
     const ModelState state = entry.model.status.state;
@@ -407,17 +421,8 @@ uint64_t ModelRegistry::memory_reserved() const {
   return reserved;
 }
 
-void ModelRegistry::publish(const Entry& entry) {
-  board_.publish(entry.model.status);
-}
-
 void ModelRegistry::update_memory_gauge() {
-  uint64_t reserved = 0;
-  for (const auto& entry : entries_) {
-    const ModelState state = entry.model.status.state;
-    if (state == ModelState::loaded || state == ModelState::loading) reserved += entry.model.memory_bytes;
-  }
-  metrics_.models_memory_bytes.labels({}).set(static_cast<double>(reserved));
+  metrics_.models_memory_bytes.labels({}).set(static_cast<double>(reserved_bytes()));
 }
 
 void ModelRegistry::sweep_idle() {
@@ -431,12 +436,7 @@ void ModelRegistry::sweep_idle() {
     const auto now = Clock::now();
     for (auto& entry : entries_) {
       if (entry.model.status.state != ModelState::loaded || entry.in_use > 0 || now - entry.last_used < ttl) continue;
-      engines.push_back(std::move(entry.engine));
-      entry.model.status.state = ModelState::available;
-      entry.model.status.progress = 0;
-      publish(entry);
-      metrics_.model_unloads_total.labels({entry.model.status.service, entry.model.status.id, "idle"}).inc();
-      log_event(spdlog::level::info, "model unloaded", {{"model", entry.model.status.id}, {"reason", "idle"}});
+      engines.push_back(take_engine(entry, "idle"));
     }
     if (engines.empty()) continue;
     update_memory_gauge();

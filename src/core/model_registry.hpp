@@ -86,13 +86,11 @@ public:
   // failed, 507 when it can never fit the budget.
   http::net::awaitable<ModelLease> acquire(std::string id, http::Clock::time_point deadline);
 
-  // Admin: start loading (no wait) / unload now (409 while it serves requests).
+  // Admin: start loading (no wait); unload, after waiting up to a second
+  // for requests that are finishing (409 while it still serves some).
   ModelStatus load(const std::string& id);
-  ModelStatus unload(const std::string& id);
+  http::net::awaitable<ModelStatus> unload(std::string id);
   ModelStatus status(const std::string& id) const;
-
-  uint64_t memory_budget() const { return memory_budget_; }
-  uint64_t memory_reserved() const;
 
   // The budget "auto" means: 90% of the cgroup memory limit (a Kubernetes
   // container's limit) or of physical RAM, whichever is smaller.
@@ -117,6 +115,12 @@ private:
   void run_load(Entry& entry, std::vector<std::shared_ptr<void>> evicted);
   std::optional<ModelLease> try_lease(const std::string& id, bool start_load);
   void release(const std::string& id);
+  ModelStatus try_unload(const std::string& id);
+  // With mutex_ held: an unloaded entry's engine (to be destroyed outside
+  // the lock), its status published and the unload counted.
+  std::shared_ptr<void> take_engine(Entry& entry, const char* reason);
+  // With mutex_ held: the estimates of the models loaded or loading.
+  uint64_t reserved_bytes() const;
   void publish(const Entry& entry);
   void update_memory_gauge();
   void sweep_idle();

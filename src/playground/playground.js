@@ -44,6 +44,17 @@ function formatSeconds(seconds) {
   return `${h ? `${pad(h)}:` : ''}${pad(m)}:${pad(s)}.${pad(ms, 3)}`;
 }
 
+// A table row of text cells.
+function tableRow(values) {
+  const row = document.createElement('tr');
+  for (const value of values) {
+    const cell = document.createElement('td');
+    cell.textContent = String(value);
+    row.append(cell);
+  }
+  return row;
+}
+
 function download(name, text, type) {
   const url = URL.createObjectURL(new Blob([text], { type }));
   const link = document.createElement('a');
@@ -444,15 +455,8 @@ function showTranscript(format, raw, elapsedMs) {
   $('asr-raw').textContent = raw;
   const table = $('asr-segments');
   table.hidden = !segments;
-  table.tBodies[0].replaceChildren(...(segments || []).map((segment) => {
-    const row = document.createElement('tr');
-    for (const value of [formatSeconds(segment.start), formatSeconds(segment.end), segment.text.trim()]) {
-      const cell = document.createElement('td');
-      cell.textContent = value;
-      row.append(cell);
-    }
-    return row;
-  }));
+  table.tBodies[0].replaceChildren(...(segments || []).map((segment) =>
+    tableRow([formatSeconds(segment.start), formatSeconds(segment.end), segment.text.trim()])));
 }
 
 function setAsrBusy(on) {
@@ -716,14 +720,9 @@ async function refreshStatus() {
       .map((model) => `${model.service} model '${model.id}' is ${model.status}${model.detail ? `: ${model.detail}` : ''}`);
     $('status-ready').textContent = reasons.length ? `Not ready: ${reasons.join('; ')}` : 'Ready: every model is loaded.';
     $('status-models').tBodies[0].replaceChildren(...models.map((model) => {
-      const row = document.createElement('tr');
       const progress = model.status === 'loading' && model.progress !== undefined ? ` (${Math.round(model.progress * 100)}%)` : '';
       const memory = model.memory_bytes ? `${(model.memory_bytes / 2 ** 20).toFixed(1)} MiB` : '';
-      for (const value of [model.id, model.service || '', `${model.status}${progress}`, memory, model.detail || '']) {
-        const cell = document.createElement('td');
-        cell.textContent = value;
-        row.append(cell);
-      }
+      const row = tableRow([model.id, model.service || '', `${model.status}${progress}`, memory, model.detail || '']);
       row.append(modelActions(model));
       return row;
     }));
@@ -737,15 +736,8 @@ async function refreshStatus() {
       else entry.busy = sample.value;
       services.set(sample.labels.service, entry);
     }
-    $('status-queues').tBodies[0].replaceChildren(...[...services].map(([service, entry]) => {
-      const row = document.createElement('tr');
-      for (const value of [service, entry.waiting, entry.busy]) {
-        const cell = document.createElement('td');
-        cell.textContent = String(value);
-        row.append(cell);
-      }
-      return row;
-    }));
+    $('status-queues').tBodies[0].replaceChildren(...[...services].map(([service, entry]) =>
+      tableRow([service, entry.waiting, entry.busy])));
     const series = histograms(samples, LATENCY_HISTOGRAMS);
     if (!baseline) baseline = new Map(series.map((entry) => [entry.key, entry]));
     const shown = series.map(subtractBaseline).filter((entry) => entry.count > 0)

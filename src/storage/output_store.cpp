@@ -15,9 +15,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string output_name(std::string_view bytes, std::string_view extension) {
-  const bool valid = !extension.empty() && extension.size() <= 8 &&
-                     std::all_of(extension.begin(), extension.end(), [](unsigned char c) { return std::isalnum(c); });
-  if (!valid) throw std::invalid_argument(fmt::format("invalid output extension '{}'", extension));
+  if (!valid_output_extension(extension))
+    throw std::invalid_argument(fmt::format("invalid output extension '{}'", extension));
   return fmt::format("{}.{}", sha256_hex(bytes), extension);
 }
 
@@ -95,14 +94,17 @@ private:
 
 } // namespace
 
+bool valid_output_extension(std::string_view extension) {
+  return !extension.empty() && extension.size() <= 8 &&
+         std::all_of(extension.begin(), extension.end(), [](unsigned char c) { return std::isalnum(c); });
+}
+
 bool valid_output_name(std::string_view name) {
-  const auto dot = name.find('.');
-  if (dot != 64 || name.size() > 64 + 1 + 8 || name.size() == 65) return false;
+  if (name.find('.') != 64) return false;
   const auto hash = name.substr(0, 64);
-  const auto extension = name.substr(65);
   return std::all_of(hash.begin(), hash.end(),
                      [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }) &&
-         std::all_of(extension.begin(), extension.end(), [](unsigned char c) { return std::isalnum(c); });
+         valid_output_extension(name.substr(65));
 }
 
 std::unique_ptr<OutputStore> make_local_output_store(fs::path dir, std::string base_url) {

@@ -39,6 +39,8 @@ public:
 
 // "<64 hex>.<1-8 alphanumerics>": the only names the stores accept back.
 bool valid_output_name(std::string_view name);
+// 1-8 ASCII letters or digits: an extension save() accepts.
+bool valid_output_extension(std::string_view extension);
 
 // The local folder; URLs are base_url + name.
 std::unique_ptr<OutputStore> make_local_output_store(std::filesystem::path dir, std::string base_url);

@@ -1,14 +1,15 @@
 #include "engines/diffusion/safetensors.hpp"
 
-#include <fmt/format.h>
+#include "ggml.h"
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <system_error>
 
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <system_error>
 #include <unistd.h>
 
 namespace mmserve::diffusion {
@@ -22,32 +23,6 @@ size_t dtype_size(const std::string& dtype) {
   if (dtype == "F64" || dtype == "I64" || dtype == "U64") return 8;
   if (dtype == "I8" || dtype == "U8" || dtype == "BOOL" || dtype == "F8_E4M3" || dtype == "F8_E5M2") return 1;
   return 0;
-}
-
-float half_to_float(uint16_t half) {
-  const uint32_t sign = (half & 0x8000u) << 16;
-  uint32_t exponent = (half >> 10) & 0x1f;
-  uint32_t mantissa = half & 0x3ff;
-  uint32_t bits;
-  if (exponent == 0) {
-    if (mantissa == 0) {
-      bits = sign;
-    } else { // subnormal: normalise
-      exponent = 127 - 15 + 1;
-      while ((mantissa & 0x400) == 0) {
-        mantissa <<= 1;
-        --exponent;
-      }
-      bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
-    }
-  } else if (exponent == 31) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else {
-    bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
-  }
-  float value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
 }
 
 } // namespace
@@ -136,16 +111,15 @@ std::vector<float> SafetensorsFile::to_f32(const std::string& name) const {
   if (tensor.dtype == "F32") {
     std::memcpy(values.data(), data, values.size() * 4);
   } else if (tensor.dtype == "F16" || tensor.dtype == "BF16") {
-    const bool brain = tensor.dtype == "BF16";
-    for (size_t i = 0; i < values.size(); ++i) {
-      uint16_t half;
-      std::memcpy(&half, data + 2 * i, 2);
-      if (brain) {
-        const uint32_t bits = static_cast<uint32_t>(half) << 16;
-        std::memcpy(&values[i], &bits, 4);
-      } else {
-        values[i] = half_to_float(half);
-      }
+    // Copied out first: the mapped bytes need not be aligned for uint16 reads.
+    std::vector<uint16_t> halves(values.size());
+    std::memcpy(halves.data(), data, halves.size() * 2);
+    if (tensor.dtype == "F16") {
+      ggml_fp16_to_fp32_row(reinterpret_cast<const ggml_fp16_t*>(halves.data()), values.data(),
+                            static_cast<int64_t>(values.size()));
+    } else {
+      ggml_bf16_to_fp32_row(reinterpret_cast<const ggml_bf16_t*>(halves.data()), values.data(),
+                            static_cast<int64_t>(values.size()));
     }
   } else {
     throw SafetensorsError(
