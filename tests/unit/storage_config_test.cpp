@@ -1,9 +1,22 @@
 // The configuration keys of the media temp cache and object storage.
+#include "app/input_archive.hpp"
 #include "core/config.hpp"
 
 #include <gtest/gtest.h>
 
 using namespace mmserve;
+
+namespace {
+// The message parse_config fails with, or "no error".
+std::string error_of(const std::string& yaml) {
+  try {
+    parse_config(yaml, "f.yaml");
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  return "no error";
+}
+} // namespace
 
 TEST(StorageConfig, DefaultsAndKeys) {
   const Config defaults = parse_config("", "defaults");
@@ -45,17 +58,41 @@ storage:
 }
 
 TEST(StorageConfig, BadValuesNameTheKey) {
-  auto error_of = [](const std::string& yaml) {
-    try {
-      parse_config(yaml, "f.yaml");
-    } catch (const ConfigError& error) {
-      return std::string(error.what());
-    }
-    return std::string("no error");
-  };
   EXPECT_NE(error_of("storage: {s3: {part_size: 1Mi}}").find("storage.s3.part_size"), std::string::npos);
   EXPECT_NE(error_of("storage: {s3: {addressing: dns}}").find("auto, path, virtual"), std::string::npos);
   EXPECT_NE(error_of("storage: {outputs: {backend: gcs}}").find("local, s3"), std::string::npos);
   EXPECT_NE(error_of("storage: {outputs: {presign_expiry: 200h}}").find("604800"), std::string::npos);
   EXPECT_NE(error_of("storage: {s3: {bucket_name: x}}").find("unknown key"), std::string::npos);
+}
+
+TEST(StorageConfig, InputsKeysAndRefusals) {
+  const Config defaults = parse_config("", "defaults");
+  EXPECT_EQ(defaults.storage.inputs.backend, "none");
+  EXPECT_EQ(defaults.storage.inputs.max_pending, 256u << 20);
+  ServerMetrics metrics;
+  EXPECT_EQ(make_input_archive(defaults, {}, metrics), nullptr); // none: nothing kept, no thread
+
+  const Config config =
+      parse_config("storage: {inputs: {backend: s3, key_prefix: up/, max_pending: 64Mi}}\n", "inputs.yaml");
+  EXPECT_EQ(config.storage.inputs.key_prefix, "up/");
+  EXPECT_EQ(config.storage.inputs.max_pending, 64u << 20);
+  EXPECT_NE(dump_config(config).find("key_prefix: up/"), std::string::npos);
+  EXPECT_NE(error_of("storage: {inputs: {backend: ftp}}").find("storage.inputs.backend"), std::string::npos);
+  EXPECT_NE(error_of("storage: {inputs: {max_pending: lots}}").find("storage.inputs.max_pending"), std::string::npos);
+  EXPECT_NE(error_of("storage: {inputs: {bucket: x}}").find("unknown key"), std::string::npos);
+  // s3 needs a bucket and credentials, said before the server starts.
+  try {
+    make_input_archive(config, {}, metrics);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& error) {
+    EXPECT_NE(std::string(error.what()).find("storage.s3.bucket is empty"), std::string::npos) << error.what();
+  }
+  Config with_bucket = config;
+  with_bucket.storage.s3.bucket = "inputs";
+  try {
+    make_input_archive(with_bucket, {}, metrics);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& error) {
+    EXPECT_NE(std::string(error.what()).find("no credentials are set"), std::string::npos) << error.what();
+  }
 }
