@@ -13,7 +13,8 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # ---- Debian packages ---------------------------------------------------------
 # Build: compiler toolchain, CMake, the libraries DESIGN.md names.
-# Test: promtool (prometheus), python3-numpy (model generators), ffmpeg and
+# Test: promtool (prometheus), python3-numpy (model generators), python3-torch
+# (the independent Stable Diffusion reference, tools/sd_reference.py), ffmpeg and
 # espeak-ng (audio fixtures made at test time), clang with its sanitizer and
 # libFuzzer runtimes (fuzz targets), chromium and a font for the playground's
 # browser tests. Bench peers: vipsthumbnail, Pillow, nginx, and wrk to load
@@ -24,7 +25,7 @@ APT_PACKAGES=(
   libssl-dev libvips-dev
   libavformat-dev libavcodec-dev libswresample-dev libavutil-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  prometheus python3 python3-numpy ffmpeg espeak-ng
+  prometheus python3 python3-numpy python3-torch ffmpeg espeak-ng
   clang libclang-rt-14-dev libvips-tools python3-pil nginx wrk
   chromium fonts-dejavu-core
   nodejs npm openssl
