@@ -386,7 +386,7 @@ def vae_params(P, cfg):
 # Configurations
 
 
-def clip_config(vocab, bos, eos, pad, hidden, inter, act, projection_dim, with_projection):
+def clip_config(vocab, bos, eos, pad, hidden, inter, act, projection_dim, with_projection, heads=4, layers=2):
     return {
         "architectures": ["CLIPTextModelWithProjection" if with_projection else "CLIPTextModel"],
         "attention_dropout": 0.0,
@@ -401,8 +401,8 @@ def clip_config(vocab, bos, eos, pad, hidden, inter, act, projection_dim, with_p
         "layer_norm_eps": 1e-05,
         "max_position_embeddings": MAX_POSITIONS,
         "model_type": "clip_text_model",
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
         "pad_token_id": pad,
         "projection_dim": projection_dim,
         "torch_dtype": "float32",
@@ -464,6 +464,17 @@ def unet_config(variant):
         "upcast_attention": False,
         "use_linear_projection": False,
     }
+    if variant == "sd15-size":
+        # SD 1.5's real shapes (runwayml/stable-diffusion-v1-5 unet/config.json), for benchmarks.
+        cfg.update({
+            "attention_head_dim": 8,
+            "block_out_channels": [320, 640, 1280, 1280],
+            "cross_attention_dim": 768,
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            "norm_num_groups": 32,
+            "sample_size": 64,
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        })
     if variant == "sdxl":
         cfg.update({
             "addition_embed_type": "text_time",
@@ -482,6 +493,11 @@ def unet_config(variant):
 
 
 def vae_config(variant):
+    if variant == "sd15-size":
+        cfg = vae_config("sd1")
+        cfg.update({"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
+                    "sample_size": 512})
+        return cfg
     return {
         "_class_name": "AutoencoderKL",
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -498,7 +514,7 @@ def vae_config(variant):
         "norm_num_groups": 8,
         "out_channels": 3,
         "sample_size": 64 if variant == "sd1" else 128,
-        "scaling_factor": 0.18215 if variant == "sd1" else 0.13025,
+        "scaling_factor": 0.13025 if variant == "sdxl" else 0.18215,
         "shift_factor": None,
         "up_block_types": ["UpDecoderBlock2D"] * 4,
         "use_post_quant_conv": True,
@@ -538,7 +554,7 @@ def model_index(variant):
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    if variant == "sd1":
+    if variant != "sdxl":
         return {"_class_name": "StableDiffusionPipeline", **common,
                 "requires_safety_checker": False, "safety_checker": [None, None]}
     return {"_class_name": "StableDiffusionXLPipeline", **common,
@@ -708,7 +724,8 @@ def write_json(path, obj):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
-    ap.add_argument("--variant", choices=["sd1", "sdxl"], default="sd1")
+    ap.add_argument("--variant", choices=["sd1", "sdxl", "sd15-size"], default="sd1",
+                    help="sd15-size: SD 1.5's real shapes (about 1.1 billion random weights; for bench/image)")
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f32")
     ap.add_argument("--single-file", metavar="PATH", help="also write the original-layout checkpoint here")
     ap.add_argument("--seed", type=int, default=0)
@@ -729,7 +746,10 @@ def main():
     write_json(os.path.join(out, "scheduler", "scheduler_config.json"), scheduler_config())
     write_tokenizer_files(os.path.join(out, "tokenizer"), vocab, merges, "<|endoftext|>")
 
-    te_cfg = clip_config(vocab, bos, eos, eos, 32, 64, "quick_gelu", 32, False)
+    if args.variant == "sd15-size":  # CLIP ViT-L/14's text tower
+        te_cfg = clip_config(vocab, bos, eos, eos, 768, 3072, "quick_gelu", 768, False, heads=12, layers=12)
+    else:
+        te_cfg = clip_config(vocab, bos, eos, eos, 32, 64, "quick_gelu", 32, False)
     te = Params(args.seed, "text_encoder")
     clip_text_params(te, te_cfg)
     write_json(os.path.join(out, "text_encoder", "config.json"), te_cfg)
@@ -762,7 +782,7 @@ def main():
         for name, value in unet.tensors.items():
             single["model.diffusion_model." + map_by_prefix(name, rules)] = value
         single.update(ldm_vae_tensors(vae.tensors, v_cfg))
-        if args.variant == "sd1":
+        if args.variant != "sdxl":
             for name, value in te.tensors.items():
                 single["cond_stage_model.transformer." + name] = value
         else:

@@ -28,14 +28,11 @@ std::string lower(std::string text) {
   return text;
 }
 
-ModelStatus found(ModelStatus status, const fs::path& path, const std::string& service_word) {
+ModelStatus found(ModelStatus status, const fs::path& path) {
   status.path = path.string();
   status.created = file_time_unix(path);
   status.state = ModelState::available;
-  status.detail =
-      service_word == "vision" || service_word == "speech"
-          ? std::string("found on disk, not loaded yet")
-          : fmt::format("found on disk, not loaded: this build of mmserve has no {} engine yet", service_word);
+  status.detail = "found on disk, not loaded yet";
   return status;
 }
 
@@ -93,7 +90,7 @@ ModelStatus discover_vision_model(const VisionConfig& config, VisionModelFiles* 
     return status;
   }
   if (files) *files = {model.string(), mmproj.string()};
-  return found(status, model, "vision");
+  return found(status, model);
 }
 
 ModelStatus discover_speech_model(const SpeechConfig& config) {
@@ -109,7 +106,7 @@ ModelStatus discover_speech_model(const SpeechConfig& config) {
       status.detail = fmt::format("whisper model file '{}' does not exist", path.string());
       return status;
     }
-    return found(status, path, "speech");
+    return found(status, path);
   }
   const fs::path dir(config.model_dir);
   // int8 compute prefers an 8-bit file; the others take the plain model.
@@ -117,7 +114,7 @@ ModelStatus discover_speech_model(const SpeechConfig& config) {
   if (config.compute_type.starts_with("int8")) names.push_back("ggml-" + config.model_size + "-q8_0.bin");
   names.push_back("ggml-" + config.model_size + ".bin");
   for (const auto& name : names) {
-    if (fs::is_regular_file(dir / name, ec)) return found(status, dir / name, "speech");
+    if (fs::is_regular_file(dir / name, ec)) return found(status, dir / name);
   }
   status.path = (dir / names.back()).string();
   status.detail = fmt::format("'{}' not found in '{}': put a whisper.cpp (ggml) model there, or set MODEL_PATH / "
@@ -145,9 +142,9 @@ ModelStatus discover_image_model(const ImageConfig& config) {
           fmt::format("'{}' is a folder without model_index.json (expected a diffusers folder)", path.string());
       return status;
     }
-    return found(status, path, "image");
+    return found(status, path);
   }
-  if (fs::is_regular_file(path, ec) && has_extension(path, {".safetensors"})) return found(status, path, "image");
+  if (fs::is_regular_file(path, ec) && has_extension(path, {".safetensors"})) return found(status, path);
   status.path = path.string();
   status.detail = fs::exists(path, ec)
                       ? fmt::format("'{}' is neither a diffusers folder nor a .safetensors checkpoint", path.string())

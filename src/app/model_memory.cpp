@@ -87,4 +87,18 @@ uint64_t estimate_speech_memory(const std::string& model_path, const SpeechConfi
   return weights + static_cast<uint64_t>(std::max(1, config.parallel)) * per_state;
 }
 
+uint64_t estimate_image_memory(const std::string& model_path) {
+  namespace fs = std::filesystem;
+  uint64_t weights = 0;
+  std::error_code ec;
+  if (fs::is_directory(model_path, ec)) {
+    for (fs::recursive_directory_iterator it(model_path, ec), end; !ec && it != end; it.increment(ec)) {
+      if (it->path().extension() == ".safetensors") weights += file_size_or_zero(it->path().string());
+    }
+  } else {
+    weights = file_size_or_zero(model_path);
+  }
+  return weights + weights / 5;
+}
+
 } // namespace mmserve

@@ -20,4 +20,8 @@ uint64_t estimate_vision_memory(const std::string& model_path, const std::string
 // hyper-parameters.
 uint64_t estimate_speech_memory(const std::string& model_path, const SpeechConfig& config);
 
+// Weights (every .safetensors file of a diffusers folder, or the single
+// checkpoint) plus a fifth for activations and the VAE decode.
+uint64_t estimate_image_memory(const std::string& model_path);
+
 } // namespace mmserve

@@ -5,9 +5,11 @@
 
 #include "api/chat_completion.hpp"
 #include "api/chat_routes.hpp"
+#include "api/image_routes.hpp"
 #include "api/model_routes.hpp"
 #include "api/speech_routes.hpp"
 #include "api/system_routes.hpp"
+#include "app/image_service.hpp"
 #include "app/media_cache.hpp"
 #include "app/model_discovery.hpp"
 #include "app/model_memory.hpp"
@@ -21,6 +23,7 @@
 #include "engines/asr/whisper_engine.hpp"
 #include "engines/vlm/quantize.hpp"
 #include "engines/vlm/vlm_engine.hpp"
+#include "storage/output_store.hpp"
 
 #include "ggml-backend.h"
 
@@ -35,16 +38,6 @@ namespace {
 
 bool runs(Role role, Role service, bool enabled) {
   return enabled && (role == Role::serve || role == service);
-}
-
-void publish_and_report(ModelBoard& board, const ModelStatus& status) {
-  board.publish(status);
-  if (status.state == ModelState::loaded) return;
-  log_event(spdlog::level::warn, "model not loaded",
-            {{"service", status.service},
-             {"model", status.id},
-             {"state", model_state_name(status.state)},
-             {"detail", status.detail}});
 }
 
 // The engine loader of one vision model: LOAD_8BIT and --dtype convert the
@@ -136,6 +129,45 @@ void add_speech_model(ModelRegistry& registry, const SpeechConfig& speech, const
   registry.add(std::move(model));
 }
 
+// What every image model's service shares: where outputs go, and the
+// process's one view of the generation running (progress, interrupt).
+struct ImageShared {
+  std::shared_ptr<storage::OutputStore> outputs;
+  std::shared_ptr<image::ImageActivity> activity;
+};
+
+EngineLoader image_loader(const std::string& path, const std::string& id, const Config& config, ServerMetrics& metrics,
+                          const ImageShared& shared) {
+  image::ImageServiceOptions options;
+  options.model_id = id;
+  options.model_hash = image::short_model_hash(path);
+  options.pipeline.model_path = path;
+  options.pipeline.vae = config.image.vae;
+  options.pipeline.taesd_dir = config.image.taesd_dir;
+  options.pipeline.attention_slicing = config.image.attention_slicing;
+  options.pipeline.vae_tiling = config.image.vae_tiling;
+  options.pipeline.threads = config.image.threads;
+  options.max_queue = config.image.max_queue;
+  options.preview = config.image.preview;
+  options.preview_interval_s = config.image.preview_interval_s;
+  return [options, shared, &metrics](const LoadProgress& progress) -> std::shared_ptr<void> {
+    return std::make_shared<image::ImageService>(options, shared.outputs, shared.activity, metrics, progress);
+  };
+}
+
+void add_image_model(ModelRegistry& registry, const ImageConfig& image, const std::string& name, const Config& config,
+                     ServerMetrics& metrics, const ImageShared& shared, bool preload) {
+  RegisteredModel model;
+  model.status = discover_image_model(image);
+  if (!name.empty()) model.status.id = name;
+  model.preload = preload;
+  if (model.status.state == ModelState::available) {
+    model.memory_bytes = estimate_image_memory(model.status.path);
+    model.loader = image_loader(model.status.path, model.status.id, config, metrics, shared);
+  }
+  registry.add(std::move(model));
+}
+
 std::string canonical_or_empty(const std::string& path) {
   if (path.empty()) return {};
   std::error_code ec;
@@ -145,14 +177,18 @@ std::string canonical_or_empty(const std::string& path) {
 
 // A model besides the service's own (registry.models, or pulled into the
 // store), with the service's other settings.
-void add_named_model(ModelRegistry& registry, const RegistryModel& named, const Config& config,
-                     ServerMetrics& metrics) {
+void add_named_model(ModelRegistry& registry, const RegistryModel& named, const Config& config, ServerMetrics& metrics,
+                     const ImageShared& image_shared) {
   if (named.service == "vision") {
     VisionConfig vision = config.vision;
     vision.model_path = named.path;
     vision.mmproj_path = named.mmproj;
     vision.model_name = named.name;
     add_vision_model(registry, vision, config, metrics, named.preload);
+  } else if (named.service == "image") {
+    ImageConfig image = config.image;
+    image.model_path = named.path;
+    add_image_model(registry, image, named.name, config, metrics, image_shared, named.preload);
   } else {
     SpeechConfig speech = config.speech;
     speech.model_path = named.path;
@@ -162,20 +198,23 @@ void add_named_model(ModelRegistry& registry, const RegistryModel& named, const 
 
 // Every model a service can serve: its configured one (loaded at start), the
 // registry's extra models, and those pulled into the model store.
-void register_models(ModelRegistry& registry, const std::string& service, const Config& config,
-                     ServerMetrics& metrics) {
+void register_models(ModelRegistry& registry, const std::string& service, const Config& config, ServerMetrics& metrics,
+                     const ImageShared& image_shared = {}) {
   std::set<std::string> paths; // a store model that is also configured is listed once
   const auto remember = [&](const std::string& id) { paths.insert(canonical_or_empty(registry.status(id).path)); };
   if (service == "vision") {
     add_vision_model(registry, config.vision, config, metrics, true);
     remember(registry.resolve("vision", "", "chat"));
+  } else if (service == "image") {
+    add_image_model(registry, config.image, "", config, metrics, image_shared, true);
+    remember(registry.resolve("image", "", "image"));
   } else {
     add_speech_model(registry, config.speech, "", config, metrics, true);
     remember(registry.resolve("speech", "", "speech"));
   }
   for (const auto& extra : config.registry.models) {
     if (extra.service != service) continue;
-    add_named_model(registry, extra, config, metrics);
+    add_named_model(registry, extra, config, metrics, image_shared);
     remember(extra.name);
   }
   if (!config.registry.include_store || config.models_dir.empty()) return;
@@ -184,13 +223,18 @@ void register_models(ModelRegistry& registry, const std::string& service, const 
     RegistryModel pulled{manifest.name, service, "", "", false};
     for (const auto& file : manifest.files) {
       const std::string path = config.models_dir + "/" + file.path;
+      // A diffusers pipeline is its folder (the one with model_index.json).
+      if (service == "image" && file.path.ends_with("model_index.json")) {
+        pulled.path = std::filesystem::path(path).parent_path().string();
+        break;
+      }
       const bool projector = file.path.find("mmproj") != std::string::npos;
       if (projector && pulled.mmproj.empty()) pulled.mmproj = path;
       if (!projector && pulled.path.empty()) pulled.path = path;
     }
     if (pulled.path.empty() || paths.contains(canonical_or_empty(pulled.path))) continue;
     try {
-      add_named_model(registry, pulled, config, metrics);
+      add_named_model(registry, pulled, config, metrics, image_shared);
     } catch (const std::invalid_argument& error) {
       spdlog::warn("model store: {} (skipped)", error.what());
     }
@@ -212,7 +256,12 @@ int run_role(Role role, const Config& config) {
   registry.emplace(board, metrics, config.registry.memory_budget, config.registry.idle_unload_s);
   if (vision) register_models(*registry, "vision", config, metrics);
   if (speech) register_models(*registry, "speech", config, metrics);
-  if (image) publish_and_report(board, discover_image_model(config.image));
+  ImageShared image_shared;
+  if (image) {
+    image_shared = {storage::make_output_store(config, process_environment()),
+                    std::make_shared<image::ImageActivity>(metrics)};
+    register_models(*registry, "image", config, metrics, image_shared);
+  }
   registry->preload();
   if (vision) metrics.queue_depth.labels({"vision"}).set(0);
   if (speech) metrics.queue_depth.labels({"speech"}).set(0);
@@ -257,7 +306,15 @@ int run_role(Role role, const Config& config) {
         });
   }
   if (speech) api::register_speech_routes(router, *registry, config.speech.max_audio_bytes, archive);
-  if (vision || speech) api::register_model_admin_routes(router, *registry, config.registry.admin_api_keys);
+  if (image) {
+    api::register_image_routes(router, {*registry,
+                                        board,
+                                        image_shared.activity,
+                                        image_shared.outputs,
+                                        config.storage.outputs.backend == "local",
+                                        {config.image.max_width, config.image.max_height, config.image.max_batch}});
+  }
+  if (vision || speech || image) api::register_model_admin_routes(router, *registry, config.registry.admin_api_keys);
 
   server.listen();
   nlohmann::json services = nlohmann::json::array();

@@ -379,12 +379,12 @@ void read_registry(Section& s, RegistryConfig& c) {
   for (auto& item : s.section_list("models")) {
     RegistryModel model;
     item.read("name", model.name);
-    item.read_enum("service", model.service, {"vision", "speech"});
+    item.read_enum("service", model.service, {"vision", "speech", "image"});
     item.read("path", model.path);
     item.read("mmproj", model.mmproj);
     item.read("preload", model.preload);
     if (model.name.empty()) item.fail_here("needs name (the id clients send as \"model\")");
-    if (model.service.empty()) item.fail_here("needs service (vision or speech)");
+    if (model.service.empty()) item.fail_here("needs service (vision, speech or image)");
     if (model.path.empty()) item.fail_here("needs path (the model file or folder)");
     for (const auto& other : c.models) {
       if (other.name == model.name) item.fail_here("repeats the name '" + model.name + "'");
@@ -558,10 +558,15 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s->read_enum("vae", c.vae, {"auto", "full", "taesd"});
     s->read("attention_slicing", c.attention_slicing);
     s->read("vae_tiling", c.vae_tiling);
+    s->read("taesd_dir", c.taesd_dir);
     s->read("outputs_dir", c.outputs_dir);
     s->read_int("max_width", c.max_width, 64, 16384);
     s->read_int("max_height", c.max_height, 64, 16384);
+    s->read_int("max_batch", c.max_batch, 1, 100);
     s->read_int("max_queue", c.max_queue, 0, 100000);
+    s->read_int("threads", c.threads, 0, 1024);
+    s->read("preview", c.preview);
+    s->read_seconds("preview_interval", c.preview_interval_s, 0);
     s->finish();
   }
   if (auto s = root.section("media")) {
@@ -941,10 +946,15 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "vae" << YAML::Value << c.image.vae;
   out << YAML::Key << "attention_slicing" << YAML::Value << c.image.attention_slicing;
   out << YAML::Key << "vae_tiling" << YAML::Value << c.image.vae_tiling;
+  out << YAML::Key << "taesd_dir" << YAML::Value << c.image.taesd_dir;
   out << YAML::Key << "outputs_dir" << YAML::Value << c.image.outputs_dir;
   out << YAML::Key << "max_width" << YAML::Value << c.image.max_width;
   out << YAML::Key << "max_height" << YAML::Value << c.image.max_height;
+  out << YAML::Key << "max_batch" << YAML::Value << c.image.max_batch;
   out << YAML::Key << "max_queue" << YAML::Value << c.image.max_queue;
+  out << YAML::Key << "threads" << YAML::Value << c.image.threads;
+  out << YAML::Key << "preview" << YAML::Value << c.image.preview;
+  out << YAML::Key << "preview_interval" << YAML::Value << c.image.preview_interval_s;
   out << YAML::EndMap;
   out << YAML::Key << "media" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "preprocessing" << YAML::Value << YAML::BeginMap;

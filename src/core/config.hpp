@@ -77,10 +77,15 @@ struct ImageConfig {
   std::string vae = "auto";       // auto full taesd
   bool attention_slicing = false; // ENABLE_ATTENTION_SLICING
   bool vae_tiling = false;        // ENABLE_VAE_TILING
+  std::string taesd_dir;          // TAESD weights for previews and vae: taesd; empty: beside the model
   std::string outputs_dir = "outputs";
   int max_width = 2048;
   int max_height = 2048;
-  int max_queue = 16;
+  int max_batch = 10;            // images per request (OpenAI's n, webui's batch_size x n_iter)
+  int max_queue = 16;            // waiting requests before 429
+  int threads = 0;               // 0: all cores
+  bool preview = true;           // TAESD previews in /sdapi/v1/progress while someone watches
+  double preview_interval_s = 2; // at most one preview per this many seconds
 };
 
 // The seed's image-processor-config ConfigMap, key for key.
@@ -190,8 +195,9 @@ struct GatewayConfig {
 // service within one memory budget.
 struct RegistryModel {
   std::string name;    // the id clients send
-  std::string service; // vision or speech
-  std::string path;    // vision: GGUF file or folder with its mmproj; speech: whisper.cpp .bin
+  std::string service; // vision, speech or image
+  std::string path;    // vision: GGUF file or folder with its mmproj; speech: whisper.cpp .bin; image: diffusers
+                       // folder or single-file .safetensors
   std::string mmproj;  // vision: projector file, when not found beside the model
   bool preload = false;
 };

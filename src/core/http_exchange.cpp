@@ -52,6 +52,25 @@ std::optional<std::string> url_decode(std::string_view text) {
   return out;
 }
 
+bool etag_matches(std::string_view if_none_match, std::string_view etag) {
+  if (if_none_match.empty()) return false;
+  if (if_none_match == "*") return true;
+  size_t start = 0;
+  while (start < if_none_match.size()) {
+    size_t end = if_none_match.find(',', start);
+    if (end == std::string_view::npos) end = if_none_match.size();
+    std::string_view candidate = if_none_match.substr(start, end - start);
+    while (!candidate.empty() && candidate.front() == ' ')
+      candidate.remove_prefix(1);
+    while (!candidate.empty() && candidate.back() == ' ')
+      candidate.remove_suffix(1);
+    if (candidate.starts_with("W/")) candidate.remove_prefix(2);
+    if (candidate == etag) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
 HttpExchange::HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
                            std::string request_id, std::string remote_address, ExchangeLimits limits,
                            const std::atomic<bool>& draining)

@@ -146,4 +146,8 @@ private:
 // Percent-decoding for query strings ('+' as space); nullopt on bad escapes.
 std::optional<std::string> url_decode(std::string_view text);
 
+// True when an If-None-Match header names `etag` (a quoted entity tag; weak
+// validators compare equal, as RFC 9110 wants for If-None-Match) or is "*".
+bool etag_matches(std::string_view if_none_match, std::string_view etag);
+
 } // namespace mmserve::http

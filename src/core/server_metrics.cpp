@@ -85,6 +85,15 @@ ServerMetrics::ServerMetrics()
           "mmserve_real_time_factor",
           "Processing time divided by audio duration per transcription (below 1: faster than real time).",
           {"service", "model"}, {0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5})),
+      image_step_seconds(registry.histogram("mmserve_image_step_seconds",
+                                            "Seconds per denoising step of an image generation (UNet passes and "
+                                            "the sampler's update).",
+                                            {"model"}, metrics::duration_buckets())),
+      image_jobs_total(registry.counter("mmserve_image_jobs_total",
+                                        "Image generation requests that reached the engine, by result (completed, "
+                                        "failed, cancelled: the client went away or timed out, interrupted: "
+                                        "/sdapi/v1/interrupt).",
+                                        {"model", "result"})),
       build_info(registry.gauge("mmserve_build_info", "Build information; always 1.", {"version"})),
       media_cache_bytes(registry.gauge("mmserve_media_cache_bytes", "Bytes in the media temp cache on disk.")),
       media_cache_entries(registry.gauge("mmserve_media_cache_entries", "Files in the media temp cache.")),

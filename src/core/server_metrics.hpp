@@ -34,6 +34,8 @@ struct ServerMetrics {
   metrics::GaugeFamily& model_ready;                     // service, model
   metrics::CounterFamily& audio_seconds_total;           // service, model
   metrics::HistogramFamily& real_time_factor;            // service, model
+  metrics::HistogramFamily& image_step_seconds;          // model: one denoising step
+  metrics::CounterFamily& image_jobs_total;              // model, result: completed failed cancelled interrupted
   metrics::GaugeFamily& build_info;                      // version
 
   // The media temp cache (media.storage).

@@ -221,7 +221,7 @@ RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy
   }
 }
 
-std::string encode_image(const RgbImage& image, std::string_view format, int quality) {
+std::string encode_image(const RgbImage& image, std::string_view format, int quality, const TextChunks& text) {
   init_image_library();
   if (image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3) {
     throw std::invalid_argument("encode_image: pixel buffer does not match width x height x 3");
@@ -238,6 +238,15 @@ std::string encode_image(const RgbImage& image, std::string_view format, int qua
   VImage source =
       VImage::new_from_memory(const_cast<unsigned char*>(image.pixels.data()), image.pixels.size(),
                               static_cast<int>(image.width), static_cast<int>(image.height), 3, VIPS_FORMAT_UCHAR);
+  if (!text.empty() && suffix != ".png") throw std::invalid_argument("encode_image: text chunks are for png only");
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto& [key, value] = text[i];
+    // libvips writes "png-comment-<index>-<key>" metadata as zTXt chunks; it reads the key up to a blank.
+    const bool printable = std::all_of(key.begin(), key.end(), [](char c) { return c > ' ' && c <= '~'; });
+    if (key.empty() || key.size() > 79 || !printable)
+      throw std::invalid_argument(fmt::format("encode_image: invalid PNG text key '{}'", key));
+    source.set(fmt::format("png-comment-{}-{}", i, key).c_str(), value.c_str());
+  }
   auto* options = VImage::option();
   if (suffix != ".png") options->set("Q", std::clamp(quality, 1, 100));
   void* buffer = nullptr;

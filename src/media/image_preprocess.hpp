@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace mmserve::media {
@@ -55,8 +56,11 @@ RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy
                           PreprocessTimings* timings = nullptr);
 
 // Encoders for generated images. `quality` 1..100 (jpeg, webp); png ignores it.
-// Throws std::invalid_argument for an unknown format.
-std::string encode_image(const RgbImage& image, std::string_view format, int quality = 90);
+// `text` (png only): key/value pairs written as PNG text chunks (libvips
+// writes compressed zTXt ones; keys: 1-79 printable ASCII characters without
+// blanks). Throws std::invalid_argument for an unknown format or a bad key.
+using TextChunks = std::vector<std::pair<std::string, std::string>>;
+std::string encode_image(const RgbImage& image, std::string_view format, int quality = 90, const TextChunks& text = {});
 
 // CHW float tensor: (pixel / 255 - mean) / std per channel.
 inline constexpr std::array<float, 3> kClipMean = {0.48145466f, 0.4578275f, 0.40821073f};

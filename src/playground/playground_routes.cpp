@@ -22,26 +22,6 @@ const EmbeddedFile* find_file(std::string_view path) {
   return nullptr;
 }
 
-// True when the client's If-None-Match names this ETag (or is "*").
-bool etag_matches(const std::string& if_none_match, const std::string& etag) {
-  if (if_none_match.empty()) return false;
-  if (if_none_match == "*") return true;
-  size_t start = 0;
-  while (start < if_none_match.size()) {
-    size_t end = if_none_match.find(',', start);
-    if (end == std::string::npos) end = if_none_match.size();
-    std::string_view candidate(if_none_match.data() + start, end - start);
-    while (!candidate.empty() && candidate.front() == ' ')
-      candidate.remove_prefix(1);
-    while (!candidate.empty() && candidate.back() == ' ')
-      candidate.remove_suffix(1);
-    if (candidate.starts_with("W/")) candidate.remove_prefix(2);
-    if (candidate == etag) return true;
-    start = end + 1;
-  }
-  return false;
-}
-
 http::net::awaitable<void> serve_file(http::HttpExchange& exchange, const EmbeddedFile& file) {
   const std::string etag = fmt::format("\"{}\"", file.sha256.substr(0, 32));
   // Revalidated on every load (cheap with the ETag), so an upgraded binary's
@@ -55,7 +35,7 @@ http::net::awaitable<void> serve_file(http::HttpExchange& exchange, const Embedd
                       "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
                       "object-src 'none'; base-uri 'none'; frame-ancestors 'self'");
   exchange.set_header("Referrer-Policy", "no-referrer");
-  if (etag_matches(exchange.header(http::bhttp::field::if_none_match), etag)) {
+  if (http::etag_matches(exchange.header(http::bhttp::field::if_none_match), etag)) {
     co_await exchange.respond(304, std::string(), content_type_of(file.path));
     co_return;
   }

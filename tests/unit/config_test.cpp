@@ -180,7 +180,7 @@ registry:
   EXPECT_EQ(parse_config(dump_config(defaults), "dump").registry.memory_budget, 0u);
 
   EXPECT_NE(error_of("registry: {memory_budget: lots}").find("registry.memory_budget"), std::string::npos);
-  EXPECT_NE(error_of("registry: {models: [{name: a, service: image, path: /x}]}").find("registry.models[0].service"),
+  EXPECT_NE(error_of("registry: {models: [{name: a, service: audio, path: /x}]}").find("registry.models[0].service"),
             std::string::npos);
   EXPECT_NE(error_of("registry: {models: [{name: a, service: vision}]}").find("needs path"), std::string::npos);
   EXPECT_NE(error_of("registry: {models: [{name: a, service: vision, path: /x}, {name: a, service: speech, path: /y}]}")

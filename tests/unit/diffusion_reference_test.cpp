@@ -3,6 +3,7 @@
 // generated models (tools/gen_tiny_sd_model.py): the text encoder(s), one
 // UNet step and the VAE decoder and encoder, SD 1.x and SDXL. Then the whole
 // pipeline: every sampler, same seed same bytes, cancel, bad requests.
+#include "engines/diffusion/checkpoint_layout.hpp"
 #include "engines/diffusion/clip_text_encoder.hpp"
 #include "engines/diffusion/clip_tokenizer.hpp"
 #include "engines/diffusion/diffusion_pipeline.hpp"
@@ -16,8 +17,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <iterator>
 
 using namespace mmserve::diffusion;
 namespace fs = std::filesystem;
@@ -373,4 +377,244 @@ TEST(DiffusionPipelineTest, BadModelFoldersAreNamed) {
   options.taesd_dir = broken.string();
   EXPECT_THROW(DiffusionPipeline pipeline(options), std::runtime_error);
   fs::remove_all(broken);
+}
+
+// Single-file checkpoints (the original Stability layout) beside the same
+// model's diffusers folder: tools/gen_tiny_sd_model.py writes both.
+namespace {
+
+struct TempFolder {
+  fs::path path;
+  explicit TempFolder(const std::string& name)
+      : path(fs::temp_directory_path() / ("mmserve-" + name + "-" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempFolder() { fs::remove_all(path); }
+};
+
+// A .safetensors file's header and data section.
+std::pair<nlohmann::json, std::string> read_safetensors(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint64_t size = 0;
+  std::memcpy(&size, bytes.data(), 8);
+  return {nlohmann::json::parse(bytes.substr(8, size)), bytes.substr(8 + size)};
+}
+
+// Copies a .safetensors file with its header edited; `data` is the data section (tensors may be appended).
+void rewrite_safetensors(const fs::path& from, const fs::path& to,
+                         const std::function<void(nlohmann::json& header, std::string& data)>& edit) {
+  auto [header, data] = read_safetensors(from);
+  edit(header, data);
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t size = text.size();
+  std::ofstream out(to, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&size), 8);
+  out << text << data;
+}
+
+void append_tensor(nlohmann::json& header, std::string& data, const std::string& name, const std::string& dtype,
+                   const std::vector<int64_t>& shape, size_t bytes) {
+  header[name] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
+  data.append(bytes, '\0');
+}
+
+std::string load_error(const PipelineOptions& options) {
+  try {
+    DiffusionPipeline pipeline(options);
+  } catch (const std::runtime_error& error) {
+    return error.what();
+  }
+  return "(loaded)";
+}
+
+// The checkpoint and its diffusers folder give the same bytes for the same request.
+void expect_same_images(const fs::path& folder, const fs::path& checkpoint, GenerationRequest request) {
+  PipelineOptions options;
+  options.threads = 2;
+  options.model_path = folder.string();
+  DiffusionPipeline diffusers(options);
+  std::vector<float> progress;
+  options.model_path = checkpoint.string();
+  DiffusionPipeline single(options, [&](float value) { progress.push_back(value); });
+  ASSERT_FALSE(progress.empty());
+  EXPECT_TRUE(std::is_sorted(progress.begin(), progress.end()));
+  EXPECT_EQ(progress.back(), 1.0f);
+  EXPECT_EQ(single.family(), diffusers.family());
+  EXPECT_EQ(single.defaults().width, diffusers.defaults().width);
+  EXPECT_EQ(single.defaults().steps, diffusers.defaults().steps);
+  EXPECT_EQ(single.defaults().sampler, diffusers.defaults().sampler);
+  const auto expected = diffusers.generate(request);
+  const auto image = single.generate(request);
+  ASSERT_EQ(image.size(), expected.size());
+  EXPECT_EQ(image[0].width, expected[0].width);
+  EXPECT_TRUE(image[0].rgb == expected[0].rgb) << "the single file's image differs from the diffusers folder's";
+}
+
+} // namespace
+
+TEST(DiffusionSingleFile, Sd1MatchesTheDiffusersFolder) {
+  GenerationRequest request;
+  request.prompt = "a red fox in the snow";
+  request.negative_prompt = "blurry";
+  request.steps = 3;
+  request.seed = 9;
+  expect_same_images(TINY_SD, std::string(TINY_SD) + ".safetensors", request);
+}
+
+TEST(DiffusionSingleFile, SdxlMatchesTheDiffusersFolder) {
+  // OpenCLIP's packed q/k/v and transposed projection, the reversed VAE levels, an empty negative prompt (zeros).
+  GenerationRequest request;
+  request.prompt = "a castle on a hill at sunset";
+  request.steps = 2;
+  request.seed = 3;
+  expect_same_images(TINY_SDXL, std::string(TINY_SDXL) + ".safetensors", request);
+}
+
+TEST(DiffusionSingleFile, BuffersAndUnknownTensorsAreSkipped) {
+  const TempFolder temp("sd-extra");
+  const fs::path checkpoint = temp.path / "tiny-sd.safetensors";
+  fs::create_directory_symlink(TINY_SD, temp.path / "tiny-sd"); // its configs and tokenizer
+  rewrite_safetensors(std::string(TINY_SD) + ".safetensors", checkpoint, [](nlohmann::json& header, std::string& data) {
+    // What real checkpoints carry beside the weights; I64 and F64 cannot even be read as floats.
+    append_tensor(header, data, "cond_stage_model.transformer.text_model.embeddings.position_ids", "I64", {1, 77},
+                  77 * 8);
+    append_tensor(header, data, "alphas_cumprod", "F64", {1000}, 8000);
+    append_tensor(header, data, "model_ema.decay", "F32", {}, 4);
+    append_tensor(header, data, "model_ema.diffusion_modelinput_blocks00weight", "F32", {32, 4, 3, 3}, 32 * 4 * 9 * 4);
+    append_tensor(header, data, "model.logit_scale", "F32", {}, 4);
+    append_tensor(header, data, "model.diffusion_model.some_future_module.weight", "F32", {4}, 16);
+  });
+  GenerationRequest request;
+  request.prompt = "a bowl of fruit on a table";
+  request.steps = 1;
+  request.guidance_scale = 1.0f;
+  expect_same_images(TINY_SD, checkpoint, request);
+}
+
+TEST(DiffusionSingleFile, BrokenCheckpointsAreNamed) {
+  const TempFolder temp("sd-broken");
+  PipelineOptions options;
+  const auto without = [&](const fs::path& source, const std::string& tensor) {
+    const fs::path checkpoint = temp.path / "partial.safetensors";
+    rewrite_safetensors(source, checkpoint, [&](nlohmann::json& header, std::string&) {
+      ASSERT_TRUE(header.contains(tensor)) << tensor;
+      header.erase(tensor);
+    });
+    options.model_path = checkpoint.string();
+    const std::string error = load_error(options);
+    EXPECT_NE(error.find(checkpoint.string()), std::string::npos) << error;
+    EXPECT_NE(error.find(tensor), std::string::npos) << error;
+  };
+  const fs::path sd = std::string(TINY_SD) + ".safetensors", xl = std::string(TINY_SDXL) + ".safetensors";
+  without(sd, "model.diffusion_model.input_blocks.1.0.out_layers.3.weight");
+  without(sd, "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_k.weight");
+  without(sd, "model.diffusion_model.out.2.weight");
+  without(sd, "first_stage_model.decoder.mid.attn_1.q.weight");
+  without(sd, "first_stage_model.decoder.up.3.block.1.norm2.bias");
+  without(sd, "cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2.weight");
+  without(xl, "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight");
+  without(xl, "conditioner.embedders.1.model.text_projection");
+  without(xl, "model.diffusion_model.label_emb.0.2.weight");
+
+  // Cut short: the header promises more than the file holds.
+  const fs::path truncated = temp.path / "truncated.safetensors";
+  {
+    std::ifstream in(sd, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(truncated, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  options.model_path = truncated.string();
+  EXPECT_NE(load_error(options).find(truncated.string()), std::string::npos) << load_error(options);
+
+  // A safetensors file that is no SD checkpoint: a text encoder alone.
+  const fs::path other = temp.path / "text_encoder.safetensors";
+  fs::copy_file(fs::path(TINY_SD) / "text_encoder/model.safetensors", other);
+  options.model_path = other.string();
+  const std::string error = load_error(options);
+  EXPECT_NE(error.find(other.string()), std::string::npos) << error;
+  EXPECT_NE(error.find("not a Stable Diffusion checkpoint"), std::string::npos) << error;
+}
+
+TEST(DiffusionSingleFile, TokenizerSchedulerAndDefaultsWithoutAConfigFolder) {
+  const TempFolder temp("sd-alone");
+  const fs::path checkpoint = temp.path / "model.safetensors";
+  fs::copy_file(std::string(TINY_SD) + ".safetensors", checkpoint);
+  PipelineOptions options;
+  options.model_path = checkpoint.string();
+  options.threads = 2;
+  // No vocabulary anywhere: the error says where to put one.
+  std::string error = load_error(options);
+  EXPECT_NE(error.find(checkpoint.string()), std::string::npos) << error;
+  EXPECT_NE(error.find((temp.path / "tokenizer").string()), std::string::npos) << error;
+  EXPECT_NE(error.find("vocab.json"), std::string::npos) << error;
+
+  // A tokenizer beside it: the real SD 1.x values (512 pixels, 8 heads, 32 groups).
+  fs::copy(fs::path(TINY_SD) / "tokenizer", temp.path / "tokenizer");
+  {
+    std::vector<float> progress;
+    DiffusionPipeline pipeline(options, [&](float value) { progress.push_back(value); });
+    EXPECT_EQ(pipeline.family(), "sd1");
+    EXPECT_EQ(pipeline.defaults().width, 512);
+    ASSERT_FALSE(progress.empty());
+    EXPECT_EQ(progress.back(), 1.0f);
+  }
+
+  // A config folder without a scheduler: noise prediction by default, v from the checkpoint's YAML.
+  const fs::path configs = temp.path / "model";
+  fs::create_directories(configs);
+  for (const char* part : {"model_index.json", "unet", "vae", "text_encoder", "tokenizer"})
+    fs::create_symlink(fs::path(TINY_SD) / part, configs / part);
+  GenerationRequest request;
+  request.prompt = "a lighthouse";
+  request.steps = 2;
+  request.seed = 1;
+  PipelineOptions folder = options;
+  folder.model_path = TINY_SD;
+  const auto expected = DiffusionPipeline(folder).generate(request)[0].rgb;
+  EXPECT_TRUE(DiffusionPipeline(options).generate(request)[0].rgb == expected);
+  std::ofstream(temp.path / "model.yaml") << "model:\n  params:\n    parameterization: \"v\"\n";
+  EXPECT_TRUE(DiffusionPipeline(options).generate(request)[0].rgb != expected);
+}
+
+TEST(DiffusionSingleFile, Sd2IsToldByItsOpenClipEncoder) {
+  // SD 2.x's layout: tiny-sd's UNet and VAE with tiny-sdxl's OpenCLIP encoder as cond_stage_model.model.
+  const TempFolder temp("sd2");
+  const fs::path checkpoint = temp.path / "v2.safetensors";
+  rewrite_safetensors(std::string(TINY_SD) + ".safetensors", checkpoint, [](nlohmann::json& header, std::string& data) {
+    for (auto it = header.begin(); it != header.end();) {
+      it = it.key().starts_with("cond_stage_model.") ? header.erase(it) : std::next(it);
+    }
+    auto [xl, xl_data] = read_safetensors(std::string(TINY_SDXL) + ".safetensors");
+    const std::string open_clip = "conditioner.embedders.1.model.";
+    for (auto& [name, entry] : xl.items()) {
+      if (!name.starts_with(open_clip)) continue;
+      for (auto& offset : entry["data_offsets"])
+        offset = offset.get<size_t>() + data.size();
+      header["cond_stage_model.model." + name.substr(open_clip.size())] = entry;
+    }
+    data += xl_data;
+  });
+  const CheckpointLayout layout(checkpoint.string());
+  EXPECT_EQ(layout.family(), "sd2");
+  EXPECT_FALSE(layout.has(Component::text_encoder_2));
+  const auto& text = layout.config(Component::text_encoder);
+  EXPECT_EQ(text["num_hidden_layers"], 1) << "OpenCLIP's penultimate layer, as diffusers' SD 2 config";
+  EXPECT_EQ(text["hidden_act"], "gelu");
+  EXPECT_FALSE(layout.config(Component::unet).contains("attention_head_dim")) << "64 channels per head";
+  EXPECT_LT(layout.bytes(Component::text_encoder, 1), layout.bytes(Component::text_encoder));
+  fs::copy(fs::path(TINY_SDXL) / "tokenizer_2", temp.path / "tokenizer"); // pads with "!"
+  PipelineOptions options;
+  options.model_path = checkpoint.string();
+  {
+    DiffusionPipeline pipeline(options);
+    EXPECT_EQ(pipeline.family(), "sd2");
+    EXPECT_EQ(pipeline.defaults().width, 768) << "v prediction, the 768-v models' size, unless told otherwise";
+  }
+  // The 512 base model's inference YAML names no parameterization: noise prediction at 512.
+  std::ofstream(temp.path / "v2.yaml") << "model:\n  params:\n    linear_start: 0.00085\n    linear_end: 0.0120\n";
+  DiffusionPipeline base(options);
+  EXPECT_EQ(base.defaults().width, 512);
 }

@@ -456,6 +456,20 @@ TEST_F(ImagePreprocess, EncodersRoundTrip) {
   EXPECT_THROW(encode_image(source, "bmp"), std::invalid_argument);
 }
 
+// The generation parameters travel in the PNG (A1111's "parameters" text
+// chunk; libvips writes it compressed, as zTXt), read back by libvips' loader.
+TEST_F(ImagePreprocess, PngCarriesTextChunks) {
+  const RgbImage source = preprocess_image(save(two_halves(32, 16), ".png"), {}, "p");
+  const std::string text = "a red fox\nSteps: 4, Sampler: Euler a, Seed: 7";
+  const std::string encoded = encode_image(source, "png", 90, {{"parameters", text}});
+  EXPECT_NE(encoded.find(std::string("zTXtparameters") + '\0'), std::string::npos);
+  const VImage back = VImage::new_from_buffer(encoded.data(), encoded.size(), "");
+  EXPECT_EQ(std::string(back.get_string("png-comment-0-parameters")), text);
+  EXPECT_EQ(preprocess_image(encoded, {}, "p").pixels, source.pixels); // still the same image
+  EXPECT_THROW(encode_image(source, "png", 90, {{"bad key", "x"}}), std::invalid_argument);
+  EXPECT_THROW(encode_image(source, "jpeg", 90, {{"parameters", "x"}}), std::invalid_argument);
+}
+
 TEST_F(ImagePreprocess, NormalizeUsesClipMeanAndStdInChwOrder) {
   RgbImage image;
   image.width = 2;

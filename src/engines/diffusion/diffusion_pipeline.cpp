@@ -1,5 +1,6 @@
 #include "engines/diffusion/diffusion_pipeline.hpp"
 
+#include "engines/diffusion/checkpoint_layout.hpp"
 #include "engines/diffusion/clip_text_encoder.hpp"
 #include "engines/diffusion/clip_tokenizer.hpp"
 #include "engines/diffusion/sampler.hpp"
@@ -10,6 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <atomic>
@@ -46,12 +48,83 @@ nlohmann::json read_json(const fs::path& path) {
 
 // A component's weights: the plain file, else the fp16 variant diffusers also publishes.
 fs::path component_weights(const fs::path& folder, const std::string& stem) {
-  for (const std::string name : {stem + ".safetensors", stem + ".fp16.safetensors"}) {
+  for (const std::string& name : {stem + ".safetensors", stem + ".fp16.safetensors"}) {
     if (fs::is_regular_file(folder / name)) return folder / name;
   }
   throw std::runtime_error(fmt::format("'{}' has no {}.safetensors (diffusers layout expected; .bin weights are "
                                        "not read: convert them to safetensors)",
                                        folder.string(), stem));
+}
+
+// Turbo models are distilled for one step without guidance; LCM models for a few.
+void distilled_defaults(ModelDefaults& defaults, std::string name, const nlohmann::json& scheduler) {
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (scheduler.value("_class_name", "") == "LCMScheduler") {
+    defaults.steps = 4;
+    defaults.guidance_scale = 1.0f;
+    defaults.sampler = "lcm";
+  } else if (name.find("turbo") != std::string::npos) {
+    defaults.steps = 1;
+    defaults.guidance_scale = 0.0f;
+    defaults.sampler = "euler_a";
+  }
+}
+
+// A single file's configs: the folder named as the checkpoint without
+// .safetensors, beside it (the same model's diffusers folder, or just its
+// config.json files, tokenizer/ and scheduler/); none: the real models' values.
+fs::path single_file_config_dir(const fs::path& file) {
+  fs::path folder = file;
+  folder.replace_extension();
+  std::error_code ec;
+  return fs::is_directory(folder, ec) ? folder : fs::path();
+}
+
+// The weights cannot tell the prediction type (SD 2.x 768-v models predict v,
+// 512-base ones noise). In order: the config folder's scheduler, the
+// checkpoint's own inference YAML (`<checkpoint>.yaml`, as the webui reads it:
+// model.params.parameterization "v"), a scheduler_config.json beside it, else
+// the family's usual (v for SD 2.x, noise otherwise). `source` says which.
+nlohmann::json single_file_scheduler(const fs::path& file, const fs::path& configs, const std::string& family,
+                                     std::string& source) {
+  if (!configs.empty() && fs::is_regular_file(configs / "scheduler" / "scheduler_config.json")) {
+    source = (configs / "scheduler" / "scheduler_config.json").string();
+    return read_json(configs / "scheduler" / "scheduler_config.json");
+  }
+  fs::path yaml = file;
+  yaml.replace_extension(".yaml");
+  if (fs::is_regular_file(yaml)) {
+    nlohmann::json scheduler = nlohmann::json::object();
+    try {
+      const YAML::Node params = YAML::LoadFile(yaml.string())["model"]["params"];
+      const bool v = params["parameterization"] && params["parameterization"].as<std::string>() == "v";
+      scheduler["prediction_type"] = v ? "v_prediction" : "epsilon";
+      if (params["linear_start"]) scheduler["beta_start"] = params["linear_start"].as<double>();
+      if (params["linear_end"]) scheduler["beta_end"] = params["linear_end"].as<double>();
+    } catch (const YAML::Exception& error) {
+      throw std::runtime_error(fmt::format("'{}': {}", yaml.string(), error.what()));
+    }
+    source = yaml.string();
+    return scheduler;
+  }
+  const fs::path beside = file.parent_path() / "scheduler_config.json";
+  if (fs::is_regular_file(beside)) {
+    source = beside.string();
+    return read_json(beside);
+  }
+  source = "the family's default";
+  return {{"prediction_type", family == "sd2" ? "v_prediction" : "epsilon"}};
+}
+
+// Component errors (a config value, a missing tensor) name the checkpoint.
+template <class Make> auto naming(const fs::path& file, Make&& make) {
+  try {
+    return make();
+  } catch (const std::runtime_error& error) {
+    const std::string what = error.what();
+    if (what.find(file.string()) != std::string::npos) throw;
+    throw std::runtime_error(fmt::format("'{}': {}", file.string(), what));
+  }
 }
 
 using Clock = std::chrono::steady_clock;
@@ -90,6 +163,7 @@ struct DiffusionPipeline::Impl {
   bool zeros_for_empty_negative = false;  // SDXL's force_zeros_for_empty_prompt
 
   void load_diffusers(const fs::path& root, const std::function<void(float)>& progress);
+  void load_single_file(const fs::path& file, const std::function<void(float)>& progress);
   void find_taesd(const fs::path& root);
 
   struct Conditioning {
@@ -146,6 +220,7 @@ void DiffusionPipeline::Impl::load_diffusers(const fs::path& root, const std::fu
       VaeConfig vae_config;
       vae_config.groups = config.value("norm_num_groups", vae_config.groups);
       vae_config.scaling_factor = config.value("scaling_factor", vae_config.scaling_factor);
+      vae_config.attention_slicing = options.attention_slicing;
       vae = std::make_unique<Vae>(vae_config, load(part));
     }
   }
@@ -158,19 +233,103 @@ void DiffusionPipeline::Impl::load_diffusers(const fs::path& root, const std::fu
       xl ? "sdxl" : (schedule.prediction == "v_prediction" || text_encoder->config().hidden == 1024 ? "sd2" : "sd1");
   if (xl && !unet->sdxl()) throw std::runtime_error("an SDXL pipeline whose unet lacks the text_time conditioning");
 
-  // Turbo models are distilled for one step without guidance; LCM models for a few.
   std::string name = root.filename().string();
   if (name.empty()) name = root.parent_path().filename().string();
-  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (scheduler.value("_class_name", "") == "LCMScheduler") {
-    defaults.steps = 4;
-    defaults.guidance_scale = 1.0f;
-    defaults.sampler = "lcm";
-  } else if (name.find("turbo") != std::string::npos) {
-    defaults.steps = 1;
-    defaults.guidance_scale = 0.0f;
-    defaults.sampler = "euler_a";
+  distilled_defaults(defaults, name, scheduler);
+  if (progress) progress(1.0f);
+}
+
+void DiffusionPipeline::Impl::load_single_file(const fs::path& file, const std::function<void(float)>& progress) {
+  const CheckpointLayout layout(file.string());
+  family = layout.family();
+  const bool xl = family == "sdxl";
+  const fs::path configs = single_file_config_dir(file);
+  // A config folder's file over what the weights tell.
+  const auto config = [&](Component component, const fs::path& relative) {
+    nlohmann::json merged = layout.config(component);
+    if (!configs.empty() && fs::is_regular_file(configs / relative)) merged.update(read_json(configs / relative));
+    return merged;
+  };
+
+  // Single files carry no vocabulary: find the tokenizers before reading gigabytes.
+  const auto tokenizer_dir = [&](const std::string& name) {
+    std::vector<fs::path> candidates;
+    if (!configs.empty()) candidates.push_back(configs / name);
+    candidates.push_back(file.parent_path() / name);
+    for (const auto& folder : candidates) {
+      if (fs::is_regular_file(folder / "vocab.json")) return folder;
+    }
+    const bool open_clip = name == "tokenizer_2" || family == "sd2";
+    std::string places = candidates.front().string();
+    if (candidates.size() > 1) places += " or " + candidates.back().string();
+    throw std::runtime_error(
+        fmt::format("'{}' carries no tokenizer: put {}'s vocab.json and merges.txt{} in {}", file.string(),
+                    open_clip ? (xl ? "OpenCLIP ViT-bigG/14" : "OpenCLIP ViT-H/14") : "CLIP ViT-L/14",
+                    open_clip ? " (and a special_tokens_map.json with pad_token \"!\")" : "", places));
+  };
+  const fs::path tokenizer_path = tokenizer_dir("tokenizer");
+  const fs::path tokenizer_2_path = xl ? tokenizer_dir("tokenizer_2") : fs::path();
+
+  std::string source;
+  const nlohmann::json scheduler = single_file_scheduler(file, configs, family, source);
+  schedule = naming(file, [&] { return NoiseSchedule::from_json(scheduler); });
+  spdlog::info("image: '{}' is {}; it predicts {} (from {})", file.string(), family, schedule.prediction, source);
+  if (xl) {
+    const fs::path index = configs / "model_index.json";
+    zeros_for_empty_negative =
+        configs.empty() || !fs::is_regular_file(index) || read_json(index).value("force_zeros_for_empty_prompt", true);
   }
+
+  const auto text_config = [&](Component component, const char* folder) {
+    return naming(file, [&] { return ClipTextConfig::from_json(config(component, fs::path(folder) / "config.json")); });
+  };
+  const ClipTextConfig text_config_1 = text_config(Component::text_encoder, "text_encoder");
+  const ClipTextConfig text_config_2 = xl ? text_config(Component::text_encoder_2, "text_encoder_2") : ClipTextConfig();
+  const nlohmann::json unet_config = config(Component::unet, "unet/config.json");
+  const bool full_vae = options.vae != "taesd";
+  if (full_vae && !layout.has(Component::vae)) {
+    throw std::runtime_error(fmt::format("'{}' has no VAE (first_stage_model.*): set image.vae to taesd, or use a "
+                                         "checkpoint that includes its VAE",
+                                         file.string()));
+  }
+  const uint64_t total = layout.bytes(Component::text_encoder, text_config_1.layers) + layout.bytes(Component::unet) +
+                         (xl ? layout.bytes(Component::text_encoder_2, text_config_2.layers) : 0) +
+                         (full_vae ? layout.bytes(Component::vae) : 0);
+  uint64_t done = 0;
+  const auto load = [&](Component component, int text_layers) {
+    auto weights = std::make_shared<ModelWeights>();
+    weights->load_mapped({file.string()}, backend.get(), layout.mapping(component, text_layers), [&](uint64_t read) {
+      if (progress && total > 0) progress(static_cast<float>(done + read) / static_cast<float>(total));
+    });
+    done += layout.bytes(component, text_layers);
+    return weights;
+  };
+
+  text_encoder = naming(file, [&] {
+    return std::make_unique<ClipTextEncoder>(text_config_1, load(Component::text_encoder, text_config_1.layers));
+  });
+  unet = naming(file,
+                [&] { return std::make_unique<UNet>(UNetConfig::from_json(unet_config), load(Component::unet, 0)); });
+  // SD 2.x: 768 pixels for the v models, 512 for the base one.
+  const int sample_size = unet_config.value("sample_size", schedule.prediction == "v_prediction" ? 96 : 64);
+  defaults.width = defaults.height = sample_size * 8;
+  if (xl) {
+    text_encoder_2 = naming(file, [&] {
+      return std::make_unique<ClipTextEncoder>(text_config_2, load(Component::text_encoder_2, text_config_2.layers));
+    });
+    if (!unet->sdxl()) throw std::runtime_error(fmt::format("'{}': an SDXL UNet without label_emb", file.string()));
+  }
+  if (full_vae) {
+    const nlohmann::json vae_json = config(Component::vae, "vae/config.json");
+    VaeConfig vae_config;
+    vae_config.groups = vae_json.value("norm_num_groups", vae_config.groups);
+    vae_config.scaling_factor = vae_json.value("scaling_factor", vae_config.scaling_factor);
+    vae_config.attention_slicing = options.attention_slicing;
+    vae = naming(file, [&] { return std::make_unique<Vae>(vae_config, load(Component::vae, 0)); });
+  }
+  tokenizer = std::make_unique<ClipTokenizer>(tokenizer_path);
+  if (xl) tokenizer_2 = std::make_unique<ClipTokenizer>(tokenizer_2_path);
+  distilled_defaults(defaults, file.stem().string(), scheduler);
   if (progress) progress(1.0f);
 }
 
@@ -294,8 +453,12 @@ DiffusionPipeline::DiffusionPipeline(PipelineOptions options, const std::functio
   std::error_code ec;
   if (fs::is_directory(path, ec) && fs::is_regular_file(path / "model_index.json", ec)) {
     impl.load_diffusers(path, progress);
+  } else if (fs::is_regular_file(path, ec) && path.extension() == ".safetensors") {
+    impl.load_single_file(path, progress);
   } else {
-    throw std::runtime_error(fmt::format("'{}' is not a diffusers folder (model_index.json)", path.string()));
+    throw std::runtime_error(fmt::format("'{}' is neither a diffusers folder (model_index.json) nor a single-file "
+                                         ".safetensors checkpoint (.ckpt pickles are not read: convert them)",
+                                         path.string()));
   }
   impl.find_taesd(path);
 }

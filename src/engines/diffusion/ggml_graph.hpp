@@ -19,6 +19,8 @@
 
 namespace mmserve::diffusion {
 
+struct TensorInfo; // safetensors.hpp
+
 struct HostTensor {
   std::vector<int64_t> ne; // ggml order (innermost first)
   std::vector<float> values;
@@ -47,6 +49,24 @@ public:
   // file and tensor.
   void load(const std::vector<std::string>& files, ggml_backend_t backend, const Rename& rename = {},
             const std::function<void(uint64_t)>& on_bytes = {});
+
+  // One internal tensor made from a file's tensor, for layouts that pack or
+  // store weights differently (single-file checkpoints): rows of dim 0 (q, k
+  // and v stacked in one matrix), then a 2-D transpose, then a new shape of
+  // the same size (a 1x1 convolution's [C, C, 1, 1] as a Linear's [C, C]).
+  struct View {
+    std::string name;
+    int64_t first_row = 0;
+    int64_t rows = -1; // -1: all
+    bool transpose = false;
+    std::vector<int64_t> shape; // PyTorch order; empty: as it comes
+  };
+  // The views a file's tensor gives; none: not ours (never read).
+  using Mapping = std::function<std::vector<View>(const std::string& name, const TensorInfo& info)>;
+  // As load(), each file tensor becoming the views `mapping` gives; the
+  // bytes heard count each view's share of its file tensor.
+  void load_mapped(const std::vector<std::string>& files, ggml_backend_t backend, const Mapping& mapping,
+                   const std::function<void(uint64_t)>& on_bytes = {});
 
   ggml_tensor* get(const std::string& name) const; // throws std::runtime_error naming the missing tensor
   bool has(const std::string& name) const { return tensors_.contains(name); }

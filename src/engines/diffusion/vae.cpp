@@ -56,7 +56,8 @@ ggml_tensor* Vae::mid_block(const Layers& nn, ggml_tensor* x, const std::string&
     ggml_tensor* q = nn.linear(h, attention_name(attention, "to_q", "query"));
     ggml_tensor* k = nn.linear(h, attention_name(attention, "to_k", "key"));
     ggml_tensor* v = nn.linear(h, attention_name(attention, "to_v", "value"));
-    h = nn.linear(nn.attention(q, k, v, 1, false, 4096), attention_name(attention, "to_out.0", "proj_attn"));
+    h = nn.linear(nn.attention(q, k, v, 1, false, config_.attention_slicing ? 4096 : 0),
+                  attention_name(attention, "to_out.0", "proj_attn"));
     x = ggml_add(ctx, x, nn.tokens_to_image(h, width, height));
   }
   return resnet(nn, x, prefix + ".resnets.1");

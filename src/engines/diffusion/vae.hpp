@@ -13,6 +13,7 @@ namespace mmserve::diffusion {
 struct VaeConfig {
   int groups = 32;
   float scaling_factor = 0.18215f; // SDXL: 0.13025
+  bool attention_slicing = false;  // the mid block's attention over all pixels, in slices of 4096 queries
 };
 
 class Vae {

@@ -21,6 +21,7 @@ const textModel = path.join(modelsDir, 'stories260K.gguf');
 const mmproj = process.env.MMSERVE_TEST_MMPROJ || '';
 const whisperModel = process.env.MMSERVE_TEST_WHISPER || '';
 const tinyLlama = process.env.MMSERVE_TEST_TINY_LLAMA || '';
+const tinySd = process.env.MMSERVE_TEST_TINY_SD || '';
 const photo = path.join(mediaDir, 'newspaper-moon.jpeg');
 const speech = path.join(mediaDir, 'jfk.mp3');
 const artifacts = process.env.MMSERVE_TEST_ARTIFACTS || path.join(tmpdir(), 'mmserve-playground-artifacts');
@@ -410,5 +411,67 @@ describe('playground switched off', { skip }, () => {
     const response = await fetch(`${server.base}/`);
     assert.equal(response.status, 404);
     assert.equal((await response.json()).error.type, 'invalid_request_error');
+  });
+});
+
+describe('playground with an image model', { skip: skip || (!existsSync(path.join(tinySd, 'model_index.json')) &&
+  `generated SD model absent, skipping: ${tinySd}`) }, () => {
+  let server;
+  before(async () => {
+    server = await startServer(`vision:\n  enabled: false\nspeech:\n  enabled: false\n` +
+      `image:\n  model_path: ${tinySd}\n  outputs_dir: ${path.join(mkdtempSync(path.join(tmpdir(), 'mmserve-pg-outputs-')), 'o')}\n`);
+    for (let i = 0; (await fetch(`${server.base}/readyz`)).status !== 200; i++) {
+      assert.ok(i < 1500, `the image model did not load:\n${server.log()}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  });
+
+  async function fill(page, { prompt, steps, seed }) {
+    await page.fill('#img-prompt', prompt);
+    await page.fill('#img-width', '64');
+    await page.fill('#img-height', '64');
+    await page.fill('#img-steps', String(steps));
+    await page.fill('#img-seed', String(seed));
+    await page.selectOption('#img-sampler', 'euler');
+  }
+
+  test('images: the tab generates what the API generates, with progress and interrupt', async () => {
+    const { page, context, problems } = await openPage(server.base);
+    await page.click('#tab-images');
+    await page.waitForFunction(() => !document.querySelector('#img-generate').disabled);
+    await fill(page, { prompt: 'a lighthouse at dusk', steps: 4, seed: 9 });
+    await page.click('#img-generate');
+    await page.waitForFunction(() => document.querySelector('#img-progress-text').textContent === 'Done.', null,
+      { timeout: 60_000 });
+    const src = await page.getAttribute('#img-gallery li img', 'src');
+    assert.match(src, /^data:image\/png;base64,/);
+    assert.match(await page.textContent('#img-gallery figcaption'), /64x64 · 4 steps · seed 9 · euler/);
+    // The same parameters through the API give the same image.
+    const api = await (await fetch(`${server.base}/v1/images/generations`, {
+      method: 'POST',
+      body: JSON.stringify({ prompt: 'a lighthouse at dusk', size: '64x64', steps: 4, seed: 9, sampler: 'euler',
+        guidance_scale: 7, response_format: 'b64_json' }),
+    })).json();
+    assert.equal(src.slice('data:image/png;base64,'.length), api.data[0].b64_json);
+    await screenshot(page, 'images-generated');
+
+    // A long one: the progress line counts steps, Interrupt stops it.
+    await fill(page, { prompt: 'a slow tide', steps: 150, seed: 1 });
+    await page.click('#img-generate');
+    await page.waitForFunction(() => /^step [1-9]\d* of 150/.test(document.querySelector('#img-progress-text').textContent),
+      null, { timeout: 60_000 });
+    assert.ok(await page.evaluate(() => document.querySelector('#img-progress').value > 0));
+    await page.click('#img-interrupt');
+    await page.waitForFunction(() => document.querySelector('#img-progress-text').textContent === 'Interrupted.', null,
+      { timeout: 30_000 });
+    assert.equal(await page.locator('#img-gallery li').count(), 1);
+    // The page shows "Interrupted." as it drops the request; the job stops at its next step.
+    const labels = { model: path.basename(tinySd), result: 'interrupted' };
+    for (let i = 0; (await metric(server.base, 'mmserve_image_jobs_total', labels)) !== 1; i++) {
+      assert.ok(i < 500, 'the interrupted generation was not counted');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.deepEqual(problems, []);
+    await context.close();
   });
 });
