@@ -82,12 +82,13 @@ void add_vision_model(ModelRegistry& registry, const VisionConfig& vision, const
 }
 
 // DEVICE=cuda|auto use the first GPU when this build has a GPU backend.
-bool speech_uses_gpu(const std::string& device) {
+// `key` (speech.device, image.device): auto uses a GPU when the build has one.
+bool uses_gpu(const std::string& device, const char* key) {
   if (device == "cpu") return false;
   vlm::init_engine_backend();
   const bool have_gpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU) != nullptr;
   if (device == "cuda" && !have_gpu) {
-    spdlog::warn("speech.device cuda: this build has no GPU backend (build with -DMMSERVE_CUDA=ON); running on CPU");
+    spdlog::warn("{} cuda: this build has no GPU backend (build with -DMMSERVE_CUDA=ON); running on CPU", key);
   }
   return have_gpu;
 }
@@ -111,7 +112,7 @@ EngineLoader speech_loader(const std::string& path, const std::string& id, const
     // COMPUTE_TYPE picks the weights; a missing type is made once into the model cache.
     options.model_path =
         asr::ensure_whisper_weights(options.model_path, cache_dir, asr::whisper_weights_of_compute_type(compute_type));
-    options.use_gpu = speech_uses_gpu(device);
+    options.use_gpu = uses_gpu(device, "speech.device");
     return std::make_shared<asr::WhisperEngine>(options, metrics, progress);
   };
 }
@@ -146,6 +147,8 @@ EngineLoader image_loader(const std::string& path, const std::string& id, const 
   options.pipeline.taesd_dir = config.image.taesd_dir;
   options.pipeline.attention_slicing = config.image.attention_slicing;
   options.pipeline.vae_tiling = config.image.vae_tiling;
+  options.pipeline.quantize = config.image.quantize;
+  options.pipeline.use_gpu = uses_gpu(config.image.device, "image.device");
   options.pipeline.threads = config.image.threads;
   options.max_queue = config.image.max_queue;
   options.preview = config.image.preview;

@@ -558,6 +558,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
     s->read_enum("vae", c.vae, {"auto", "full", "taesd"});
     s->read("attention_slicing", c.attention_slicing);
     s->read("vae_tiling", c.vae_tiling);
+    s->read_enum("quantize", c.quantize, {"none", "q8_0"});
+    s->read_enum("device", c.device, {"cpu", "cuda", "auto"});
     s->read("taesd_dir", c.taesd_dir);
     s->read("outputs_dir", c.outputs_dir);
     s->read_int("max_width", c.max_width, 64, 16384);
@@ -946,6 +948,8 @@ std::string dump_config(const Config& c) {
   out << YAML::Key << "vae" << YAML::Value << c.image.vae;
   out << YAML::Key << "attention_slicing" << YAML::Value << c.image.attention_slicing;
   out << YAML::Key << "vae_tiling" << YAML::Value << c.image.vae_tiling;
+  out << YAML::Key << "quantize" << YAML::Value << c.image.quantize;
+  out << YAML::Key << "device" << YAML::Value << c.image.device;
   out << YAML::Key << "taesd_dir" << YAML::Value << c.image.taesd_dir;
   out << YAML::Key << "outputs_dir" << YAML::Value << c.image.outputs_dir;
   out << YAML::Key << "max_width" << YAML::Value << c.image.max_width;

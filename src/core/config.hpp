@@ -77,6 +77,8 @@ struct ImageConfig {
   std::string vae = "auto";       // auto full taesd
   bool attention_slicing = false; // ENABLE_ATTENTION_SLICING
   bool vae_tiling = false;        // ENABLE_VAE_TILING
+  std::string quantize = "none";  // none q8_0: Linear weights as Q8_0 at load
+  std::string device = "auto";    // cpu cuda auto (a GPU when the build has one)
   std::string taesd_dir;          // TAESD weights for previews and vae: taesd; empty: beside the model
   std::string outputs_dir = "outputs";
   int max_width = 2048;

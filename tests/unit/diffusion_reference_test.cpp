@@ -330,6 +330,29 @@ TEST(DiffusionPipelineTest, SdxlAndTheTaesdDecoder) {
   EXPECT_EQ(decoded[0].width, 64);
 }
 
+TEST(DiffusionPipelineTest, Q8_0WeightsGiveANearbyImage) {
+  PipelineOptions options;
+  options.model_path = TINY_SD;
+  options.threads = 2;
+  DiffusionPipeline exact(options);
+  options.quantize = "q8_0";
+  DiffusionPipeline quantized(options);
+  GenerationRequest request;
+  request.prompt = "a red barn in a field";
+  request.steps = 4;
+  request.seed = 9;
+  const auto a = exact.generate(request)[0].rgb, b = quantized.generate(request)[0].rgb;
+  ASSERT_EQ(a.size(), b.size());
+  double difference = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    difference += std::abs(int(a[i]) - int(b[i]));
+  difference /= static_cast<double>(a.size());
+  EXPECT_GT(difference, 0.0) << "the quantized weights were not used";
+  EXPECT_LT(difference, 4.0) << "mean absolute difference per channel, out of 255";
+  options.quantize = "q4";
+  EXPECT_THROW(DiffusionPipeline bad(options), std::runtime_error);
+}
+
 TEST(DiffusionPipelineTest, TiledDecodingStaysCloseToWholeDecoding) {
   const fs::path model = TINY_SD;
   ASSERT_TRUE(fs::exists(model / "model_index.json"));

@@ -197,6 +197,7 @@ void DiffusionPipeline::Impl::load_diffusers(const fs::path& root, const std::fu
   uint64_t done = 0;
   const auto load = [&](const Part& part) {
     auto weights = std::make_shared<ModelWeights>();
+    weights->quantize_matrices_to_q8_0(options.quantize == "q8_0");
     weights->load({part.file.string()}, backend.get(), {}, [&](uint64_t read) {
       if (progress && total > 0) progress(static_cast<float>(done + read) / static_cast<float>(total));
     });
@@ -298,6 +299,7 @@ void DiffusionPipeline::Impl::load_single_file(const fs::path& file, const std::
   uint64_t done = 0;
   const auto load = [&](Component component, int text_layers) {
     auto weights = std::make_shared<ModelWeights>();
+    weights->quantize_matrices_to_q8_0(options.quantize == "q8_0");
     weights->load_mapped({file.string()}, backend.get(), layout.mapping(component, text_layers), [&](uint64_t read) {
       if (progress && total > 0) progress(static_cast<float>(done + read) / static_cast<float>(total));
     });
@@ -443,12 +445,15 @@ DiffusionPipeline::DiffusionPipeline(PipelineOptions options, const std::functio
     : impl_(std::make_unique<Impl>()) {
   Impl& impl = *impl_;
   impl.options = std::move(options);
+  if (impl.options.quantize != "none" && impl.options.quantize != "q8_0") {
+    throw std::runtime_error(fmt::format("image.quantize '{}' (none or q8_0 expected)", impl.options.quantize));
+  }
   if (impl.options.vae != "auto" && impl.options.vae != "full" && impl.options.vae != "taesd") {
     throw std::runtime_error(fmt::format("image.vae '{}' (auto, full or taesd expected)", impl.options.vae));
   }
   impl.threads = impl.options.threads > 0 ? impl.options.threads
                                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  impl.backend = make_cpu_backend();
+  impl.backend = make_backend(impl.options.use_gpu);
   const fs::path path(impl.options.model_path);
   std::error_code ec;
   if (fs::is_directory(path, ec) && fs::is_regular_file(path / "model_index.json", ec)) {

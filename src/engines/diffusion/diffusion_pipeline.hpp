@@ -20,6 +20,8 @@ struct PipelineOptions {
                                   // model folder's "taesd" subfolder, then the model's parent folder
   bool attention_slicing = false; // ENABLE_ATTENTION_SLICING: attention in query slices (bounded memory)
   bool vae_tiling = false;        // ENABLE_VAE_TILING: decode in overlapping tiles
+  std::string quantize = "none";  // none, q8_0 (the Linear weights, at load)
+  bool use_gpu = false;           // the first GPU ggml has a backend for, else the CPU
   int threads = 0;                // 0: all cores
 };
 

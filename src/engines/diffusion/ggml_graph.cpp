@@ -26,6 +26,16 @@ BackendPtr make_cpu_backend() {
   return backend;
 }
 
+BackendPtr make_backend(bool gpu) {
+  if (gpu) {
+    if (ggml_backend_dev_t device = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU)) {
+      BackendPtr backend(ggml_backend_dev_init(device, nullptr));
+      if (backend) return backend;
+    }
+  }
+  return make_cpu_backend();
+}
+
 ModelWeights::~ModelWeights() {
   if (buffer_) ggml_backend_buffer_free(buffer_);
   if (ctx_) ggml_free(ctx_);
@@ -119,7 +129,11 @@ void ModelWeights::load_mapped(const std::vector<std::string>& files, ggml_backe
     int64_t ne[4] = {1, 1, 1, 1}; // ggml's order is PyTorch's reversed
     for (size_t i = 0; i < shape.size(); ++i)
       ne[i] = shape[shape.size() - 1 - i];
-    const ggml_type type = is_half_candidate(item.view.name, info.dtype, shape) ? GGML_TYPE_F16 : GGML_TYPE_F32;
+    ggml_type type = is_half_candidate(item.view.name, info.dtype, shape) ? GGML_TYPE_F16 : GGML_TYPE_F32;
+    if (q8_0_ && shape.size() == 2 && shape[1] % ggml_blck_size(GGML_TYPE_Q8_0) == 0 &&
+        item.view.name.find("embedding") == std::string::npos) {
+      type = GGML_TYPE_Q8_0;
+    }
     item.tensor = ggml_new_tensor(ctx_, type, std::max<int>(1, static_cast<int>(shape.size())), ne);
     ggml_set_name(item.tensor, item.view.name.c_str());
     tensors_[item.view.name] = item.tensor;
@@ -153,7 +167,11 @@ void ModelWeights::load_mapped(const std::vector<std::string>& files, ggml_backe
           part[c * rows + r] = data[r * columns + c];
       data = part.data();
     }
-    if (item.tensor->type == GGML_TYPE_F16) {
+    if (item.tensor->type == GGML_TYPE_Q8_0) {
+      std::vector<uint8_t> blocks(ggml_nbytes(item.tensor));
+      ggml_quantize_chunk(GGML_TYPE_Q8_0, data, blocks.data(), 0, item.tensor->ne[1], item.tensor->ne[0], nullptr);
+      ggml_backend_tensor_set(item.tensor, blocks.data(), 0, blocks.size());
+    } else if (item.tensor->type == GGML_TYPE_F16) {
       halves.resize(count);
       ggml_fp32_to_fp16_row(data, halves.data(), static_cast<int64_t>(count));
       ggml_backend_tensor_set(item.tensor, halves.data(), 0, count * sizeof(ggml_fp16_t));
