@@ -3,14 +3,12 @@
 // with the official AWS SDK; a bucket that fails does not fail requests.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import S3rver from 's3rver';
-import { S3Client, GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { freePort } from './support.mjs';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { freePort, spawnMmserve, startS3rver, waitReadyOrExit } from './support.mjs';
 
 const binary = process.env.MMSERVE_BIN;
 const modelsDir = process.env.MMSERVE_TEST_MODELS || path.resolve(process.env.MMSERVE_SOURCE_DIR || '.', '../shared/models');
@@ -32,13 +30,7 @@ const children = [];
 before(async () => {
   if (skip) return;
   dir = mkdtempSync(path.join(tmpdir(), 'mmserve-inputs-'));
-  s3rver = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: path.join(dir, 'data'),
-    configureBuckets: [{ name: BUCKET }] });
-  const { port } = await s3rver.run();
-  endpoint = `http://127.0.0.1:${port}`;
-  sdk = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true,
-    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
-    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+  ({ server: s3rver, endpoint, sdk } = await startS3rver(path.join(dir, 'data'), BUCKET));
 });
 
 after(async () => {
@@ -54,19 +46,11 @@ async function start(bucketEndpoint) {
     `media: {storage: {temp_dir: ${path.join(path.dirname(file), 'media')}}}\n` +
     `storage:\n  s3: {endpoint: '${bucketEndpoint}', bucket: ${BUCKET}, region: us-east-1, access_key_id: S3RVER, secret_access_key: S3RVER, timeout: 5s}\n` +
     `  inputs: {backend: s3, key_prefix: uploads/}\n`);
-  const child = spawn(binary, ['serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let log = '';
-  child.stdout.on('data', (piece) => { log += piece; });
-  child.stderr.on('data', (piece) => { log += piece; });
+  const server = spawnMmserve(binary, 'serve', file);
+  children.push(server.child);
   const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; ; i++) {
-    if (child.exitCode !== null) throw new Error(`mmserve exited:\n${log}`);
-    if ((await fetch(`${base}/readyz`).catch(() => null))?.status === 200) break;
-    if (i > 1500) throw new Error(`mmserve did not get ready:\n${log}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return { base, child, log: () => log };
+  await waitReadyOrExit(base, server);
+  return { base, child: server.child, log: server.log };
 }
 
 async function metric(base, labels) {

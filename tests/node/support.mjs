@@ -1,4 +1,5 @@
 // Helpers shared by the node end-to-end tests.
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 
 // A loopback TCP port nobody listens on right now.
@@ -21,4 +22,39 @@ export async function waitReady(baseUrl, attempts = 1000) {
     await new Promise((r) => setTimeout(r, 20));
   }
   throw new Error('mmserve did not become ready');
+}
+
+// The mmserve binary as a child process with its output collected (for
+// failure messages): `role` is serve, image, ...; `file` its config.
+export function spawnMmserve(binary, role, file, options = {}) {
+  const child = spawn(binary, [role, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+  let log = '';
+  child.stdout.on('data', (piece) => { log += piece; });
+  child.stderr.on('data', (piece) => { log += piece; });
+  return { child, log: () => log };
+}
+
+// Waits for /readyz to say 200, failing with the log if the process exits first.
+export async function waitReadyOrExit(base, { child, log }, attempts = 1500) {
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`mmserve exited:\n${log()}`);
+    if ((await fetch(`${base}/readyz`).catch(() => null))?.status === 200) return;
+    if (i > attempts) throw new Error(`mmserve did not get ready:\n${log()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+// An S3-compatible server (s3rver) on a loopback port with `bucket`, and the
+// official AWS SDK client pointed at it.
+export async function startS3rver(directory, bucket) {
+  const { default: S3rver } = await import('s3rver');
+  const { S3Client } = await import('@aws-sdk/client-s3');
+  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory,
+    configureBuckets: [{ name: bucket }] });
+  const { port } = await server.run();
+  const endpoint = `http://127.0.0.1:${port}`;
+  const sdk = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+  return { server, endpoint, sdk };
 }
