@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <stdexcept>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 namespace mmserve::storage {
@@ -86,17 +87,22 @@ std::optional<std::string> TempCache::get(const std::string& key) {
     spdlog::warn("temp cache: read failed: {}", error.what());
   }
   std::lock_guard lock(mutex_);
+  // The read ran outside the lock: a put may have renamed the file into
+  // place since (its own mark follows), or an eviction removed it. What is
+  // on disk now, under the lock, decides what the index says.
+  const bool present = ::access(path.c_str(), F_OK) == 0;
   if (!bytes) {
-    forget_locked(key); // evicted or expired by another process
+    if (!present) forget_locked(key); // evicted or expired, by us or another process
     ++counters_.misses;
     return std::nullopt;
   }
+  ++counters_.hits;
+  if (!present) return bytes; // evicted after we read it: the bytes are still good, the entry is gone
   // Mark the use on disk too, so that the order survives a restart and
   // other processes' sweeps see it. A failure only costs LRU precision.
   ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);
   mark_used_locked(key, bytes->size(), Clock::now());
   evict_locked(0); // a file another process wrote may not fit this process's count
-  ++counters_.hits;
   return bytes;
 }
 

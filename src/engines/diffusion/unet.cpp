@@ -195,7 +195,7 @@ HostTensor UNet::predict(const UNetInput& input, ggml_backend_t backend, int thr
     }
     HostTensor added;
     const int64_t pooled_dim = input.pooled.ne[0];
-    added.ne = {pooled_dim + 6 * dim, batch};
+    added.ne = {pooled_dim + 6 * static_cast<int64_t>(dim), batch};
     for (int64_t n = 0; n < batch; ++n) {
       added.values.insert(added.values.end(), input.pooled.values.begin() + n * pooled_dim,
                           input.pooled.values.begin() + (n + 1) * pooled_dim);
