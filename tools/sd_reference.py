@@ -46,12 +46,14 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_numpy import read_safetensors  # noqa: E402
 
 torch.set_grad_enabled(False)
 
@@ -60,27 +62,7 @@ torch.set_grad_enabled(False)
 
 
 def load_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + size])
-    base = 8 + size
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        raw = data[base + begin:base + end]
-        if entry["dtype"] == "F32":
-            values = np.frombuffer(raw, dtype="<f4")
-        elif entry["dtype"] == "F16":
-            values = np.frombuffer(raw, dtype="<f2").astype(np.float32)
-        elif entry["dtype"] == "BF16":
-            values = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            continue  # position_ids and the like
-        tensors[name] = torch.from_numpy(values.astype(np.float32).reshape(entry["shape"]))
-    return tensors
+    return {name: torch.from_numpy(values) for name, values in read_safetensors(path, skip_unsupported=True).items()}
 
 
 def load_component(model_dir, sub):

@@ -9,35 +9,17 @@ clamp on the decoder input), reading the .safetensors file by hand.
   taesd_reference.py decode WEIGHTS IN OUT C H W   # IN: f32 latent CxHxW; OUT: f32 3x8Hx8W
   taesd_reference.py encode WEIGHTS IN OUT C H W   # IN: f32 image 3xHxW; OUT: f32 latent
 """
-import json
-import struct
+import os
 import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_numpy import read_safetensors  # noqa: E402
+
 
 def load(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + size])
-    base = 8 + size
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        raw = data[base + begin:base + end]
-        if entry["dtype"] == "BF16":
-            values = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-        elif entry["dtype"] == "F16":
-            values = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
-        elif entry["dtype"] == "F32":
-            values = np.frombuffer(raw, dtype=np.float32)
-        else:
-            raise SystemExit(f"{name}: unsupported dtype {entry['dtype']}")
-        tensors[name] = values.reshape(entry["shape"]).astype(np.float64)
-    return tensors
+    return {name: values.astype(np.float64) for name, values in read_safetensors(path).items()}
 
 
 def conv(x, w, b=None, stride=1):

@@ -173,6 +173,8 @@ struct DiffusionPipeline::Impl {
   Conditioning encode_prompt(const std::string& text, bool zeros) const;
   HostTensor model_output(const std::vector<float>& input, double timestep, int64_t width, int64_t height,
                           const Conditioning& cond, const Conditioning* uncond, float guidance) const;
+  // TAESD: the decoder when image.vae is taesd, and the step previews.
+  GeneratedImage taesd_decode(const std::vector<float>& latent, int64_t width, int64_t height) const;
   GeneratedImage decode(const std::vector<float>& latent, int64_t width, int64_t height) const;
 };
 
@@ -423,16 +425,19 @@ HostTensor DiffusionPipeline::Impl::model_output(const std::vector<float>& input
   return guided;
 }
 
+GeneratedImage DiffusionPipeline::Impl::taesd_decode(const std::vector<float>& latent, int64_t width,
+                                                     int64_t height) const {
+  const Planar rgb = taesd->decode(Planar{4, static_cast<int>(height), static_cast<int>(width), latent});
+  GeneratedImage image;
+  image.width = rgb.width;
+  image.height = rgb.height;
+  image.rgb = to_rgb8(HostTensor{{rgb.width, rgb.height, 3, 1}, rgb.values}, false);
+  return image;
+}
+
 GeneratedImage DiffusionPipeline::Impl::decode(const std::vector<float>& latent, int64_t width, int64_t height) const {
   GeneratedImage image;
-  if (options.vae == "taesd" || !vae) {
-    Planar planar{4, static_cast<int>(height), static_cast<int>(width), latent};
-    const Planar rgb = taesd->decode(planar);
-    image.width = rgb.width;
-    image.height = rgb.height;
-    image.rgb = to_rgb8(HostTensor{{rgb.width, rgb.height, 3, 1}, rgb.values}, false);
-    return image;
-  }
+  if (options.vae == "taesd" || !vae) return taesd_decode(latent, width, height);
   const int tile = options.vae_tiling ? 32 : 0; // 256-pixel tiles
   const HostTensor rgb = vae->decode(HostTensor{{width, height, 4, 1}, latent}, backend.get(), threads, tile);
   image.width = static_cast<int>(rgb.ne[0]);
@@ -517,14 +522,16 @@ std::vector<GeneratedImage> DiffusionPipeline::generate(const GenerationRequest&
   if (guided) {
     uncond =
         impl.encode_prompt(request.negative_prompt, impl.zeros_for_empty_negative && request.negative_prompt.empty());
-    // Both passes share a batch: pad the shorter prompt with empty chunks.
+    // Both passes share a batch: pad the shorter prompt with empty chunks (encoded once).
     auto& a = cond.context;
     auto& b = uncond->context;
-    while (a.ne[1] != b.ne[1]) {
-      auto& shorter = a.ne[1] < b.ne[1] ? a : b;
+    if (a.ne[1] != b.ne[1]) {
       const auto pad = impl.encode_prompt("", false).context;
-      shorter.values.insert(shorter.values.end(), pad.values.begin(), pad.values.end());
-      shorter.ne[1] += pad.ne[1];
+      while (a.ne[1] != b.ne[1]) {
+        auto& shorter = a.ne[1] < b.ne[1] ? a : b;
+        shorter.values.insert(shorter.values.end(), pad.values.begin(), pad.values.end());
+        shorter.ne[1] += pad.ne[1];
+      }
     }
   }
   phase_done(Phase::text_encode, started);
@@ -551,13 +558,7 @@ std::vector<GeneratedImage> DiffusionPipeline::generate(const GenerationRequest&
       info.step_seconds = step_seconds;
       if (impl.taesd) {
         info.preview = [&impl, &denoised, latent_w, latent_h] {
-          GeneratedImage preview;
-          const Planar rgb =
-              impl.taesd->decode(Planar{4, static_cast<int>(latent_h), static_cast<int>(latent_w), denoised});
-          preview.width = rgb.width;
-          preview.height = rgb.height;
-          preview.rgb = to_rgb8(HostTensor{{rgb.width, rgb.height, 3, 1}, rgb.values}, false);
-          return preview;
+          return impl.taesd_decode(denoised, latent_w, latent_h);
         };
       }
       return observer.on_step(info);

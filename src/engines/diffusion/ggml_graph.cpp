@@ -189,6 +189,13 @@ ggml_tensor* ModelWeights::get(const std::string& name) const {
   return found->second;
 }
 
+int ModelWeights::count(const std::string& prefix, const std::string& suffix) const {
+  int n = 0;
+  while (has(fmt::format("{}{}{}", prefix, n, suffix)))
+    ++n;
+  return n;
+}
+
 uint64_t ModelWeights::bytes() const {
   return buffer_ ? ggml_backend_buffer_get_size(buffer_) : 0;
 }
@@ -343,8 +350,8 @@ ggml_tensor* Layers::attention(ggml_tensor* q, ggml_tensor* k, ggml_tensor* v, i
   };
   if (!causal && head_dim <= kFlashAttentionMaxHeadDim) {
     // Flash attention: the scores are never materialised, so memory stays
-    // linear in the sequence (27% faster per SD 1.5 UNet step on 2 cores).
-    // Not for the VAE's one 512-wide head, where ggml's CPU kernel is 2x slower.
+    // linear in the sequence. Not for wide heads (the VAE's one 512-wide
+    // head), where ggml's CPU kernel made the VAE decode slower.
     ggml_tensor* v3 = ggml_permute(ctx_, ggml_reshape_4d(ctx_, v, head_dim, heads, keys, batch), 0, 2, 1, 3);
     ggml_tensor* fa = ggml_flash_attn_ext(ctx_, q4, k4, v3, nullptr, scale, 0.0f, 0.0f); // [d, heads, T, N]
     return ggml_reshape_3d(ctx_, fa, channels, queries, batch);

@@ -77,6 +77,9 @@ public:
 
   ggml_tensor* get(const std::string& name) const; // throws std::runtime_error naming the missing tensor
   bool has(const std::string& name) const { return tensors_.contains(name); }
+  // How many of prefix0suffix, prefix1suffix, ... exist, counting up from 0
+  // (blocks, resnets, layers: the structure the weights describe).
+  int count(const std::string& prefix, const std::string& suffix) const;
   size_t size() const { return tensors_.size(); }
   uint64_t bytes() const;
   // The tensor's values as f32 (small host-side uses).

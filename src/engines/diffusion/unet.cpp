@@ -60,25 +60,19 @@ UNet::UNet(UNetConfig config, std::shared_ptr<ModelWeights> weights)
   for (const char* required : {"conv_in.weight", "time_embedding.linear_1.weight", "conv_out.weight"}) {
     if (!w.has(required)) throw std::runtime_error(fmt::format("unet weights lack '{}'", required));
   }
-  const auto count = [&w](const std::string& prefix, const std::string& suffix) {
-    int n = 0;
-    while (w.has(fmt::format("{}{}{}", prefix, n, suffix)))
-      ++n;
-    return n;
-  };
   const auto describe = [&](const std::string& prefix, const char* resample) {
     Block block;
     block.prefix = prefix;
-    block.resnets = count(prefix + ".resnets.", ".conv1.weight");
-    const int attentions = count(prefix + ".attentions.", ".norm.weight");
+    block.resnets = w.count(prefix + ".resnets.", ".conv1.weight");
+    const int attentions = w.count(prefix + ".attentions.", ".norm.weight");
     for (int i = 0; i < attentions; ++i)
       block.transformer_layers.push_back(
-          count(fmt::format("{}.attentions.{}.transformer_blocks.", prefix, i), ".attn1.to_q.weight"));
+          w.count(fmt::format("{}.attentions.{}.transformer_blocks.", prefix, i), ".attn1.to_q.weight"));
     block.resample = w.has(fmt::format("{}.{}.0.conv.weight", prefix, resample));
     return block;
   };
-  const int downs = count("down_blocks.", ".resnets.0.conv1.weight");
-  const int ups = count("up_blocks.", ".resnets.0.conv1.weight");
+  const int downs = w.count("down_blocks.", ".resnets.0.conv1.weight");
+  const int ups = w.count("up_blocks.", ".resnets.0.conv1.weight");
   if (downs == 0 || ups != downs) throw std::runtime_error(fmt::format("unet: {} down and {} up blocks", downs, ups));
   const auto configured_heads = [this](int index) {
     if (config_.heads.empty()) return 0;

@@ -10,13 +10,6 @@ namespace {
 
 constexpr float kVaeEps = 1e-6f; // diffusers' Encoder/Decoder resnets and norms
 
-int count(const ModelWeights& w, const std::string& prefix, const std::string& suffix) {
-  int n = 0;
-  while (w.has(fmt::format("{}{}{}", prefix, n, suffix)))
-    ++n;
-  return n;
-}
-
 } // namespace
 
 Vae::Vae(VaeConfig config, std::shared_ptr<ModelWeights> weights) : config_(config), weights_(std::move(weights)) {
@@ -71,10 +64,10 @@ HostTensor Vae::decode_whole(const HostTensor& latent, ggml_backend_t backend, i
   x = nn.conv2d(x, "post_quant_conv");
   x = nn.conv2d(x, "decoder.conv_in");
   x = mid_block(nn, x, "decoder.mid_block");
-  const int ups = count(*weights_, "decoder.up_blocks.", ".resnets.0.conv1.weight");
+  const int ups = weights_->count("decoder.up_blocks.", ".resnets.0.conv1.weight");
   for (int i = 0; i < ups; ++i) {
     const std::string block = fmt::format("decoder.up_blocks.{}", i);
-    const int resnets = count(*weights_, block + ".resnets.", ".conv1.weight");
+    const int resnets = weights_->count(block + ".resnets.", ".conv1.weight");
     for (int j = 0; j < resnets; ++j)
       x = resnet(nn, x, fmt::format("{}.resnets.{}", block, j));
     if (weights_->has(block + ".upsamplers.0.conv.weight")) {
@@ -162,10 +155,10 @@ HostTensor Vae::encode(const HostTensor& image, ggml_backend_t backend, int thre
   Layers nn(graph.ctx(), *weights_);
   ggml_context* ctx = graph.ctx();
   ggml_tensor* x = nn.conv2d(graph.input(image), "encoder.conv_in");
-  const int downs = count(*weights_, "encoder.down_blocks.", ".resnets.0.conv1.weight");
+  const int downs = weights_->count("encoder.down_blocks.", ".resnets.0.conv1.weight");
   for (int i = 0; i < downs; ++i) {
     const std::string block = fmt::format("encoder.down_blocks.{}", i);
-    const int resnets = count(*weights_, block + ".resnets.", ".conv1.weight");
+    const int resnets = weights_->count(block + ".resnets.", ".conv1.weight");
     for (int j = 0; j < resnets; ++j)
       x = resnet(nn, x, fmt::format("{}.resnets.{}", block, j));
     if (weights_->has(block + ".downsamplers.0.conv.weight")) {
