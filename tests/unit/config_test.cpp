@@ -68,6 +68,12 @@ TEST(Config, BadEnumNamesAllowedValues) {
   EXPECT_NE(message.find("speech.device"), std::string::npos) << message;
   EXPECT_NE(message.find("'gpu'"), std::string::npos) << message;
   EXPECT_NE(message.find("cpu, cuda, auto"), std::string::npos) << message;
+  const auto image_device = error_of("image: {device: tpu}");
+  EXPECT_NE(image_device.find("image.device"), std::string::npos) << image_device;
+  EXPECT_NE(image_device.find("cpu, cuda, auto"), std::string::npos) << image_device;
+  const auto quantize = error_of("image: {quantize: q4_0}");
+  EXPECT_NE(quantize.find("image.quantize"), std::string::npos) << quantize;
+  EXPECT_NE(quantize.find("none, q8_0"), std::string::npos) << quantize;
 }
 
 TEST(Config, BadValues) {
