@@ -12,24 +12,33 @@ DOWNLOADS="${THIRD_PARTY}/downloads"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # ---- Debian packages ---------------------------------------------------------
-# Build: compiler toolchain, CMake, the libraries DESIGN.md names.
-# Test: promtool (prometheus), python3-numpy (model generators), python3-torch
-# (the independent Stable Diffusion reference, tools/sd_reference.py), ffmpeg and
-# espeak-ng (audio fixtures made at test time), clang with its sanitizer and
-# libFuzzer runtimes (fuzz targets), chromium and a font for the playground's
-# browser tests. Bench peers: vipsthumbnail, Pillow, nginx, and wrk to load
-# nginx and the gateway alike.
-APT_PACKAGES=(
+# Build: compiler toolchain, CMake, the libraries DESIGN.md names, and node/npm
+# (npm fetches the engine sources below).
+BUILD_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
   libboost-dev nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev
-  libssl-dev libvips-dev
+  libssl-dev libvips-dev libjemalloc-dev
   libavformat-dev libavcodec-dev libswresample-dev libavutil-dev zlib1g-dev
+  nodejs npm openssl
+)
+# Test: GoogleTest/Benchmark, promtool (prometheus), python3-numpy (model
+# generators), python3-torch (the independent Stable Diffusion reference,
+# tools/sd_reference.py), ffmpeg and espeak-ng (audio fixtures made at test
+# time), clang with its sanitizer and libFuzzer runtimes (fuzz targets),
+# chromium and a font for the playground's browser tests. Bench peers:
+# vipsthumbnail, Pillow, nginx, and wrk to load nginx and the gateway alike.
+TEST_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus python3 python3-numpy python3-torch ffmpeg espeak-ng
   clang libclang-rt-14-dev libvips-tools python3-pil nginx wrk
   chromium fonts-dejavu-core
-  nodejs npm openssl
 )
+# --build-only (the container image's build stage): what building mmserve
+# needs, without the test tools and the node test packages.
+BUILD_ONLY=0
+[[ "${1:-}" == "--build-only" ]] && BUILD_ONLY=1
+APT_PACKAGES=("${BUILD_PACKAGES[@]}")
+((BUILD_ONLY)) || APT_PACKAGES+=("${TEST_PACKAGES[@]}")
 
 missing_packages() {
   local pkg
@@ -77,7 +86,11 @@ fetch_verified_tarball() {
   mkdir -p "$DOWNLOADS"
   if [[ ! -f "$file" ]]; then
     log "downloading ${spec} from the npm registry"
-    (cd "$DOWNLOADS" && npm pack --silent "$spec" >/dev/null)
+    # Errors go to stderr: behind a TLS-intercepting proxy, say, npm names the cause.
+    if ! (cd "$DOWNLOADS" && npm pack --loglevel error "$spec" >/dev/null) || [[ ! -f "$file" ]]; then
+      log "ERROR: npm pack ${spec} failed (see npm's message above)"
+      exit 1
+    fi
   fi
   actual="$(openssl dgst -sha512 -binary "$file" | base64 -w0)"
   if [[ "$actual" != "$expected" ]]; then
@@ -132,7 +145,7 @@ main() {
   mkdir -p "$THIRD_PARTY"
   install_llama_cpp
   install_whisper_cpp
-  install_node_test_packages
+  ((BUILD_ONLY)) || install_node_test_packages
   log "done"
 }
 

@@ -16,6 +16,7 @@ namespace mmserve::http {
 namespace {
 
 constexpr size_t kChunkBufferSize = 64 * 1024;
+const std::string kServerHeader = std::string("mmserve/") + kVersion;
 
 bool is_disconnect(const boost::system::error_code& ec) {
   return ec == net::error::eof || ec == net::error::connection_reset || ec == net::error::broken_pipe ||
@@ -73,9 +74,9 @@ bool etag_matches(std::string_view if_none_match, std::string_view etag) {
 
 HttpExchange::HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
                            std::string request_id, std::string remote_address, ExchangeLimits limits,
-                           const std::atomic<bool>& draining)
+                           const std::atomic<bool>& draining, HangupSweeper& sweeper)
     : stream_(stream), buffer_(buffer), parser_(parser), request_id_(std::move(request_id)),
-      remote_address_(std::move(remote_address)), limits_(limits), draining_(draining) {
+      remote_address_(std::move(remote_address)), limits_(limits), draining_(draining), sweeper_(sweeper) {
   const std::string_view target = parser_.get().target();
   const auto question = target.find('?');
   path_ = std::string(target.substr(0, question));
@@ -196,12 +197,65 @@ bool HttpExchange::peer_closed() {
   return ::poll(&watch, 1, 0) > 0 && (watch.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
+HttpExchange::HangupWatch::HangupWatch(HttpExchange& exchange, std::function<void()> on_hangup)
+    : exchange_(exchange), on_hangup_(std::move(on_hangup)) {
+  exchange_.sweeper_.add(this);
+}
+
+void HttpExchange::HangupWatch::stop() {
+  if (active_) exchange_.sweeper_.remove(this);
+}
+
+void HangupSweeper::add(HttpExchange::HangupWatch* watch) {
+  watch->active_ = true;
+  watch->previous_ = nullptr;
+  watch->next_ = first_;
+  if (first_) first_->previous_ = watch;
+  first_ = watch;
+  arm();
+}
+
+void HangupSweeper::remove(HttpExchange::HangupWatch* watch) {
+  if (watch->previous_) {
+    watch->previous_->next_ = watch->next_;
+  } else {
+    first_ = watch->next_;
+  }
+  if (watch->next_) watch->next_->previous_ = watch->previous_;
+  watch->active_ = false;
+  watch->previous_ = watch->next_ = nullptr;
+}
+
+void HangupSweeper::arm() {
+  if (armed_ || !first_) return;
+  armed_ = true;
+  timer_.expires_after(std::chrono::milliseconds(500));
+  timer_.async_wait([this](const boost::system::error_code& ec) {
+    armed_ = false;
+    if (ec) return; // the server is going away
+    sweep();
+    arm();
+  });
+}
+
+void HangupSweeper::sweep() {
+  for (auto* watch = first_; watch;) {
+    auto* const next = watch->next_;
+    if (watch->exchange_.peer_closed()) {
+      // Off the list before the call: the callback may end the watch's request.
+      remove(watch);
+      if (watch->on_hangup_) watch->on_hangup_();
+    }
+    watch = next;
+  }
+}
+
 bool HttpExchange::keep_alive() const {
   return !force_close_ && !draining_.load() && parser_.get().keep_alive() && parser_.is_done();
 }
 
 template <typename Message> void HttpExchange::apply_common_headers(Message& message) {
-  message.set(bhttp::field::server, std::string("mmserve/") + kVersion);
+  message.set(bhttp::field::server, kServerHeader);
   message.set("X-Request-Id", request_id_);
   for (const auto& [name, value] : extra_headers_)
     message.set(name, value);
@@ -245,6 +299,7 @@ net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_vie
   if (response_started_) throw std::logic_error("response already started");
   response_started_ = true;
   status_ = status;
+  streaming_ = true;
   stream_header_.emplace(static_cast<bhttp::status>(status), 11);
   auto& header = *stream_header_;
   apply_common_headers(header);
@@ -264,49 +319,58 @@ net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_vie
   }
 }
 
-net::awaitable<void> HttpExchange::begin_relay(unsigned status, const bhttp::fields& headers,
+net::awaitable<void> HttpExchange::begin_relay(unsigned status, HeaderViews headers,
                                                std::optional<uint64_t> content_length, std::string_view first_piece) {
   if (response_started_) throw std::logic_error("response already started");
   response_started_ = true;
+  streaming_ = true;
   status_ = status;
-  stream_header_.emplace(static_cast<bhttp::status>(status), 11);
-  auto& header = *stream_header_;
-  for (const auto& field : headers)
-    header.insert(field.name_string(), field.value());
-  apply_common_headers(header);
   const bool bodiless = method() == bhttp::verb::head || status < 200 || status == 204 || status == 304;
-  if (bodiless) {
-    stream_chunked_ = false;
-  } else if (content_length) {
-    stream_chunked_ = false;
-    header.content_length(*content_length);
-  } else {
-    header.chunked(true);
+  stream_chunked_ = !bodiless && !content_length;
+
+  // Field names and values come from Beast's parser (tokens, no CR or LF) or from this process.
+  std::string head;
+  head.reserve(512);
+  const auto reason = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
+  fmt::format_to(std::back_inserter(head), "HTTP/1.1 {} {}\r\n", status,
+                 std::string_view(reason.data(), reason.size()));
+  auto add = [&head](std::string_view name, std::string_view value) {
+    head.append(name).append(": ").append(value).append("\r\n");
+  };
+  const auto set_here = [this](std::string_view name) {
+    if (beast::iequals(name, "server") || beast::iequals(name, "x-request-id")) return true;
+    return std::any_of(extra_headers_.begin(), extra_headers_.end(),
+                       [name](const auto& extra) { return beast::iequals(extra.first, name); });
+  };
+  for (const auto& [name, value] : headers) {
+    if (!set_here(name)) add(name, value);
   }
-  header.keep_alive(keep_alive());
-  stream_serializer_.emplace(header);
+  add("Server", kServerHeader);
+  add("X-Request-Id", request_id_);
+  for (const auto& [name, value] : extra_headers_)
+    add(name, value);
+  if (!bodiless && content_length) add("Content-Length", std::to_string(*content_length));
+  if (stream_chunked_) add("Transfer-Encoding", "chunked");
+  if (!keep_alive()) add("Connection", "close");
+  head += "\r\n";
+
   boost::system::error_code ec;
   arm_timer();
+  // Head and first piece in one write: for small answers, one send instead of two.
+  std::array<net::const_buffer, 4> pieces;
+  size_t count = 0;
+  pieces[count++] = net::buffer(head);
+  std::string size_line;
   if (!bodiless && !first_piece.empty()) {
-    // Head and first piece in one write: for small answers, one send instead of two.
-    const std::string head = [&] {
-      std::ostringstream out;
-      out << header.base();
-      return out.str();
-    }();
-    std::array<net::const_buffer, 4> pieces;
-    size_t count = 0;
-    pieces[count++] = net::buffer(head);
-    const std::string size_line = stream_chunked_ ? fmt::format("{:x}\r\n", first_piece.size()) : std::string();
-    if (stream_chunked_) pieces[count++] = net::buffer(size_line);
+    if (stream_chunked_) {
+      size_line = fmt::format("{:x}\r\n", first_piece.size());
+      pieces[count++] = net::buffer(size_line);
+    }
     pieces[count++] = net::buffer(first_piece.data(), first_piece.size());
     if (stream_chunked_) pieces[count++] = net::buffer("\r\n", 2);
-    bytes_sent_ += co_await net::async_write(stream_, std::span(pieces.data(), count),
-                                             net::redirect_error(net::use_awaitable, ec));
-  } else {
-    bytes_sent_ +=
-        co_await bhttp::async_write_header(stream_, *stream_serializer_, net::redirect_error(net::use_awaitable, ec));
   }
+  bytes_sent_ +=
+      co_await net::async_write(stream_, std::span(pieces.data(), count), net::redirect_error(net::use_awaitable, ec));
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away: " + ec.message());
@@ -315,7 +379,7 @@ net::awaitable<void> HttpExchange::begin_relay(unsigned status, const bhttp::fie
 }
 
 net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
-  if (!stream_serializer_) throw std::logic_error("write_chunk before begin_stream");
+  if (!streaming_) throw std::logic_error("write_chunk before begin_stream");
   if (data.empty()) co_return; // an empty chunk would end the stream
   boost::system::error_code ec;
   arm_timer();
@@ -333,7 +397,7 @@ net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
 }
 
 net::awaitable<void> HttpExchange::end_stream() {
-  if (!stream_serializer_) throw std::logic_error("end_stream before begin_stream");
+  if (!streaming_) throw std::logic_error("end_stream before begin_stream");
   if (!stream_chunked_) { // a relayed body of known length (or none) ends with its last byte
     response_finished_ = true;
     co_return;

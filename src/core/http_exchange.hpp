@@ -7,6 +7,7 @@
 #include "core/api_error.hpp"
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
@@ -14,9 +15,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +39,8 @@ public:
   using std::runtime_error::runtime_error;
 };
 
+class HangupSweeper;
+
 struct ExchangeLimits {
   uint64_t max_body_bytes = 0;
   Clock::time_point deadline;
@@ -45,7 +50,8 @@ struct ExchangeLimits {
 class HttpExchange {
 public:
   HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser, std::string request_id,
-               std::string remote_address, ExchangeLimits limits, const std::atomic<bool>& draining);
+               std::string remote_address, ExchangeLimits limits, const std::atomic<bool>& draining,
+               HangupSweeper& sweeper);
 
   // ---- request ----
   bhttp::verb method() const { return parser_.get().method(); }
@@ -93,16 +99,20 @@ public:
   net::awaitable<void> end_stream();
 
   // A response whose head a proxy copies from elsewhere: `headers` as given
-  // (hop-by-hop fields already removed), then exactly `content_length` body
-  // bytes, or a chunked body when the length is unknown. No body at all for
-  // HEAD requests and statuses without one (1xx, 204, 304). The body goes
-  // through write_chunk and end_stream; `first_piece`, when given, goes out
-  // in the same write as the head.
-  net::awaitable<void> begin_relay(unsigned status, const bhttp::fields& headers,
-                                   std::optional<uint64_t> content_length, std::string_view first_piece = {});
+  // (hop-by-hop fields already removed; any this exchange sets itself are
+  // dropped), then exactly `content_length` body bytes, or a chunked body
+  // when the length is unknown. No body at all for HEAD requests and
+  // statuses without one (1xx, 204, 304). The body goes through write_chunk
+  // and end_stream; `first_piece`, when given, goes out in the same write as
+  // the head. The head is written directly, without a Beast message.
+  using HeaderViews = std::span<const std::pair<std::string_view, std::string_view>>;
+  net::awaitable<void> begin_relay(unsigned status, HeaderViews headers, std::optional<uint64_t> content_length,
+                                   std::string_view first_piece = {});
 
   // True once the client has closed its side: long jobs stop early.
   bool peer_closed();
+  class HangupWatch;
+  friend class HangupWatch;
 
   bool response_started() const { return response_started_; }
   bool response_finished() const { return response_finished_; }
@@ -125,6 +135,7 @@ private:
   std::string remote_address_;
   ExchangeLimits limits_;
   const std::atomic<bool>& draining_;
+  HangupSweeper& sweeper_;
   std::string path_;
   std::string route_label_;
   std::map<std::string, std::string> query_;
@@ -139,8 +150,52 @@ private:
   unsigned status_ = 0;
   uint64_t bytes_sent_ = 0;
   bool stream_chunked_ = true;
+  bool streaming_ = false; // begin_stream or begin_relay wrote the head
   std::optional<bhttp::response<bhttp::empty_body>> stream_header_;
   std::optional<bhttp::response_serializer<bhttp::empty_body>> stream_serializer_;
+};
+
+// Notices clients that hang up while their request waits on something else
+// (a proxy on its upstream): every half second while any watch is active, one
+// poll per watched connection. One per I/O context, used only from its
+// thread; a request that finishes quickly costs no system call and no timer.
+class HangupSweeper {
+public:
+  explicit HangupSweeper(net::io_context& context) : timer_(context) {}
+  HangupSweeper(const HangupSweeper&) = delete;
+  HangupSweeper& operator=(const HangupSweeper&) = delete;
+
+private:
+  friend class HttpExchange::HangupWatch;
+  void add(HttpExchange::HangupWatch* watch);
+  void remove(HttpExchange::HangupWatch* watch);
+  void arm();
+  void sweep();
+
+  net::steady_timer timer_;
+  bool armed_ = false;
+  HttpExchange::HangupWatch* first_ = nullptr; // intrusive list of active watches
+};
+
+// Calls `on_hangup` once if the client closes its side while the watch is
+// active (from construction until stop() or destruction). Construct it while
+// the exchange reads nothing from the client. Not movable: the sweeper holds
+// its address.
+class HttpExchange::HangupWatch {
+public:
+  HangupWatch(HttpExchange& exchange, std::function<void()> on_hangup);
+  HangupWatch(const HangupWatch&) = delete;
+  HangupWatch& operator=(const HangupWatch&) = delete;
+  ~HangupWatch() { stop(); }
+  void stop();
+
+private:
+  friend class HangupSweeper;
+  HttpExchange& exchange_;
+  std::function<void()> on_hangup_;
+  bool active_ = false;
+  HangupWatch* previous_ = nullptr;
+  HangupWatch* next_ = nullptr;
 };
 
 // Percent-decoding for query strings ('+' as space); nullopt on bad escapes.

@@ -87,14 +87,16 @@ std::string choose_request_id(std::string_view client_value) {
 }
 
 HttpServer::HttpServer(const ServerConfig& config, bool access_log, Router& router, ServerMetrics& metrics)
-    : config_(config), access_log_(access_log), router_(router), metrics_(metrics), ioc_(1), acceptor_(ioc_) {
+    : config_(config), access_log_(access_log), router_(router), metrics_(metrics),
+      in_flight_(metrics.http_requests_in_flight.labels({})), ioc_(1), acceptor_(ioc_) {
   for (int i = 1; i < config.io_threads; ++i)
     more_contexts_.push_back(std::make_unique<net::io_context>(1));
+  for (size_t i = 0; i <= more_contexts_.size(); ++i)
+    sweepers_.push_back(std::make_unique<HangupSweeper>(context(i)));
 }
 
-net::io_context& HttpServer::next_context() {
-  const size_t index = next_context_++ % (more_contexts_.size() + 1);
-  return index == 0 ? ioc_ : *more_contexts_[index - 1];
+size_t HttpServer::next_context() {
+  return next_context_++ % (more_contexts_.size() + 1);
 }
 
 void HttpServer::stop() {
@@ -148,7 +150,8 @@ void HttpServer::run() {
 net::awaitable<void> HttpServer::accept_loop() {
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket = co_await acceptor_.async_accept(next_context(), net::redirect_error(net::use_awaitable, ec));
+    const size_t index = next_context();
+    tcp::socket socket = co_await acceptor_.async_accept(context(index), net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
       spdlog::warn("accept failed: {}", ec.message());
@@ -161,7 +164,7 @@ net::awaitable<void> HttpServer::accept_loop() {
     if (open_connections_.load() >= static_cast<size_t>(config_.max_connections)) {
       net::co_spawn(executor, refuse_connection(std::move(socket)), net::detached);
     } else {
-      net::co_spawn(executor, serve_connection(std::move(socket)), net::detached);
+      net::co_spawn(executor, serve_connection(std::move(socket), *sweepers_[index]), net::detached);
     }
   }
 }
@@ -176,7 +179,7 @@ net::awaitable<void> HttpServer::refuse_connection(tcp::socket socket) {
   co_await lingering_close(stream);
 }
 
-net::awaitable<void> HttpServer::serve_connection(tcp::socket socket) {
+net::awaitable<void> HttpServer::serve_connection(tcp::socket socket, HangupSweeper& sweeper) {
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   const std::string remote = ec ? std::string("unknown") : peer.address().to_string();
@@ -225,7 +228,7 @@ net::awaitable<void> HttpServer::serve_connection(tcp::socket socket) {
       }
       break;
     }
-    const bool keep_alive = co_await handle_request(stream, buffer, *parser, remote);
+    const bool keep_alive = co_await handle_request(stream, buffer, *parser, remote, sweeper);
     if (!keep_alive) {
       unread_body = !parser->is_done();
       break;
@@ -247,7 +250,8 @@ net::awaitable<void> HttpServer::serve_connection(tcp::socket socket) {
 }
 
 net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast::flat_buffer& buffer,
-                                                RequestParser& parser, const std::string& remote) {
+                                                RequestParser& parser, const std::string& remote,
+                                                HangupSweeper& sweeper) {
   const auto started = Clock::now();
   const auto client_id = parser.get().find("X-Request-Id");
   const std::string request_id =
@@ -256,14 +260,21 @@ net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast
   limits.max_body_bytes = config_.max_body_bytes;
   limits.deadline = started + to_millis(config_.request_timeout_s);
   limits.io_timeout = to_millis(std::min(config_.idle_timeout_s, config_.request_timeout_s));
-  HttpExchange exchange(stream, buffer, parser, request_id, remote, limits, draining_);
+  HttpExchange exchange(stream, buffer, parser, request_id, remote, limits, draining_, sweeper);
 
   ++active_requests_;
-  metrics_.http_requests_in_flight.labels({}).inc();
+  in_flight_.inc();
 
   const std::string method(exchange.method_string());
-  const auto match = router_.match(method, exchange.path());
-  exchange.set_route_label(match.route ? match.route->pattern : "unmatched");
+  // Matched only when the front (the gateway) leaves the request to this process's routes.
+  std::optional<RouteMatch> match;
+  auto match_route = [&]() -> const RouteMatch& {
+    if (!match) {
+      match = router_.match(method, exchange.path());
+      if (exchange.route_label().empty()) exchange.set_route_label(match->route ? match->route->pattern : "unmatched");
+    }
+    return *match;
+  };
 
   std::optional<ApiError> failure;
   try {
@@ -276,18 +287,18 @@ net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast
     if (front_) answered_by_front = co_await front_(exchange);
     if (answered_by_front) {
       if (!exchange.response_started()) throw ApiError::internal("The gateway produced no response.");
-    } else if (!match.route) {
-      if (!match.allowed_methods.empty()) {
-        exchange.set_header("Allow", fmt::format("{}", fmt::join(match.allowed_methods, ", ")));
+    } else if (!match_route().route) {
+      if (!match->allowed_methods.empty()) {
+        exchange.set_header("Allow", fmt::format("{}", fmt::join(match->allowed_methods, ", ")));
         throw ApiError::method_not_allowed(fmt::format("Method {} is not allowed for {} (allowed: {}).", method,
-                                                       exchange.path(), fmt::join(match.allowed_methods, ", ")));
+                                                       exchange.path(), fmt::join(match->allowed_methods, ", ")));
       }
       throw ApiError::not_found(
           fmt::format("Unknown request URL: {} {}. See docs/api.md for the endpoints.", method, exchange.path()),
           "unknown_url");
     } else {
-      exchange.set_path_params(match.params);
-      co_await match.route->handler(exchange);
+      exchange.set_path_params(match->params);
+      co_await match->route->handler(exchange);
       if (!exchange.response_started()) throw ApiError::internal("The handler produced no response.");
     }
   } catch (const ApiError& error) {
@@ -314,12 +325,13 @@ net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast
   }
   if (!exchange.response_finished()) exchange.force_close();
 
+  if (exchange.route_label().empty()) match_route(); // refused by the front before any route was chosen
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   const unsigned status = exchange.response_started() ? exchange.status() : 499; // 499: client closed request
   const std::string& route = exchange.route_label();
   metrics_.http_requests_total.labels({method, route, std::to_string(status)}).inc();
   metrics_.http_request_duration_seconds.labels({method, route}).observe(seconds);
-  metrics_.http_requests_in_flight.labels({}).dec();
+  in_flight_.dec();
   if (access_log_) {
     log_event(spdlog::level::info, "request",
               {{"request_id", request_id},

@@ -56,10 +56,10 @@ private:
   struct Connection;
 
   net::awaitable<void> accept_loop();
-  net::awaitable<void> serve_connection(net::ip::tcp::socket socket);
+  net::awaitable<void> serve_connection(net::ip::tcp::socket socket, HangupSweeper& sweeper);
   net::awaitable<void> refuse_connection(net::ip::tcp::socket socket);
   net::awaitable<bool> handle_request(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
-                                      const std::string& remote);
+                                      const std::string& remote, HangupSweeper& sweeper);
   net::awaitable<void> watch_drain(std::chrono::steady_clock::time_point deadline);
   void close_idle_connections();
 
@@ -67,8 +67,11 @@ private:
   const bool access_log_;
   Router& router_;
   ServerMetrics& metrics_;
+  metrics::Gauge& in_flight_; // found once, changed per request
   FrontHandler front_;
-  net::io_context& next_context();
+  // The next I/O context for a new connection, round robin: its index.
+  size_t next_context();
+  net::io_context& context(size_t index) { return index == 0 ? ioc_ : *more_contexts_[index - 1]; }
 
   // One single-threaded I/O context per io thread: a connection lives on
   // one of them from accept to close, so it needs no strand and its
@@ -76,6 +79,8 @@ private:
   net::io_context ioc_;
   std::vector<std::unique_ptr<net::io_context>> more_contexts_;
   std::atomic<size_t> next_context_{0};
+  // One per I/O context, same index (destroyed before the contexts).
+  std::vector<std::unique_ptr<HangupSweeper>> sweepers_;
   net::ip::tcp::acceptor acceptor_;
   uint16_t bound_port_ = 0;
   std::atomic<bool> draining_{false};

@@ -143,13 +143,14 @@ Family<Series>::Family(std::string name, std::string help, std::vector<std::stri
   }
 }
 
-template <typename Series> Series& Family<Series>::labels(const LabelValues& values) {
+template <typename Series> Series& Family<Series>::labels(std::span<const std::string_view> values) {
   if (values.size() != label_names_.size()) {
     throw std::invalid_argument(
         fmt::format("metric {} takes {} label values, got {}", name_, label_names_.size(), values.size()));
   }
   std::lock_guard lock(mutex_);
-  auto& slot = series_[values];
+  if (const auto found = series_.find(values); found != series_.end()) return *found->second;
+  auto& slot = series_[LabelValues(values.begin(), values.end())];
   if (!slot) {
     if constexpr (std::is_same_v<Series, Histogram>) {
       slot = std::make_unique<Histogram>(buckets_);

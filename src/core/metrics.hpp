@@ -4,12 +4,15 @@
 // so callers must keep label values to a bounded set (routes, not raw paths).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace mmserve::metrics {
@@ -68,8 +71,16 @@ public:
 
   // The series for these label values (created on first use). Throws
   // std::invalid_argument when the number of values does not match.
-  Series& labels(const LabelValues& values);
-  Series& labels(std::initializer_list<std::string> values) { return labels(LabelValues(values)); }
+  Series& labels(const LabelValues& values) {
+    const std::vector<std::string_view> views(values.begin(), values.end());
+    return labels(std::span<const std::string_view>(views));
+  }
+  // Found without copying the values (the per-request path): only a new
+  // series copies them.
+  Series& labels(std::span<const std::string_view> values);
+  Series& labels(std::initializer_list<std::string_view> values) {
+    return labels(std::span<const std::string_view>(values.begin(), values.size()));
+  }
 
   const std::string& name() const { return name_; }
   void render(std::string& out) const;
@@ -79,8 +90,16 @@ private:
   std::string help_;
   std::vector<std::string> label_names_;
   std::vector<double> buckets_;
+  // Orders stored label values and looked-up views alike (heterogeneous lookup).
+  struct LabelsLess {
+    using is_transparent = void;
+    template <typename A, typename B> bool operator()(const A& a, const B& b) const {
+      return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                          [](std::string_view x, std::string_view y) { return x < y; });
+    }
+  };
   mutable std::mutex mutex_;
-  std::map<LabelValues, std::unique_ptr<Series>> series_;
+  std::map<LabelValues, std::unique_ptr<Series>, LabelsLess> series_;
 };
 
 using CounterFamily = Family<Counter>;

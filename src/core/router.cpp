@@ -13,6 +13,12 @@ void Router::add(std::string method, std::string pattern, Handler handler) {
     }
   }
   routes_.push_back({std::move(method), std::move(pattern), std::move(handler)});
+  match_order_.push_back(routes_.size() - 1);
+  std::stable_sort(match_order_.begin(), match_order_.end(), [this](size_t a, size_t b) {
+    const bool a_prefix = routes_[a].pattern.ends_with("/*"), b_prefix = routes_[b].pattern.ends_with("/*");
+    if (a_prefix != b_prefix) return !a_prefix;
+    return a_prefix && routes_[a].pattern.size() > routes_[b].pattern.size();
+  });
 }
 
 bool Router::match_pattern(const std::string& pattern, std::string_view path,
@@ -45,17 +51,10 @@ bool Router::match_pattern(const std::string& pattern, std::string_view path,
 
 RouteMatch Router::match(std::string_view method, std::string_view path) const {
   RouteMatch result;
-  // Exact and parameterised patterns before prefixes; longer prefixes first.
-  std::vector<const Route*> ordered;
-  for (const auto& route : routes_)
-    ordered.push_back(&route);
-  std::stable_sort(ordered.begin(), ordered.end(), [](const Route* a, const Route* b) {
-    const bool a_prefix = a->pattern.ends_with("/*"), b_prefix = b->pattern.ends_with("/*");
-    if (a_prefix != b_prefix) return !a_prefix;
-    return a_prefix && a->pattern.size() > b->pattern.size();
-  });
-  for (const Route* route : ordered) {
-    std::map<std::string, std::string> params;
+  std::map<std::string, std::string> params;
+  for (const size_t index : match_order_) {
+    const Route* route = &routes_[index];
+    params.clear();
     if (!match_pattern(route->pattern, path, params)) continue;
     const bool method_ok = route->method == method || (method == "HEAD" && route->method == "GET");
     if (method_ok && !result.route) {

@@ -36,6 +36,10 @@ private:
   static bool match_pattern(const std::string& pattern, std::string_view path,
                             std::map<std::string, std::string>& params);
   std::vector<Route> routes_;
+  // Indices into routes_ in the order match() tries them (kept sorted by
+  // add(), so a request does not sort): exact and parameterised patterns
+  // first, then prefixes, longer before shorter.
+  std::vector<size_t> match_order_;
 };
 
 } // namespace mmserve::http

@@ -2,14 +2,10 @@
 
 #include "core/logging.hpp"
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <fmt/format.h>
-
-#include <array>
 
 namespace mmserve::gateway {
 namespace bhttp = boost::beast::http;
@@ -23,25 +19,83 @@ std::chrono::milliseconds millis(double seconds) {
 }
 
 // Fields that describe one hop, not the message (RFC 9110 section 7.6.1),
-// plus the ones the proxy sets itself.
-bool is_hop_by_hop(std::string_view name, const std::vector<std::string>& listed_in_connection) {
-  static constexpr std::array<std::string_view, 10> kFields = {
-      "connection", "keep-alive",        "proxy-connection", "te",     "trailer",
-      "upgrade",    "transfer-encoding", "content-length",   "expect", "proxy-authorization"};
-  for (auto field : kFields) {
-    if (beast::iequals(name, field)) return true;
+// plus the ones the proxy sets itself. Beast knows each of these names, so
+// the parsed field's enum decides without comparing strings.
+bool is_hop_by_hop(bhttp::field known, std::string_view name,
+                   const std::vector<std::string_view>& listed_in_connection) {
+  switch (known) {
+  case bhttp::field::connection:
+  case bhttp::field::keep_alive:
+  case bhttp::field::proxy_connection:
+  case bhttp::field::te:
+  case bhttp::field::trailer:
+  case bhttp::field::upgrade:
+  case bhttp::field::transfer_encoding:
+  case bhttp::field::content_length:
+  case bhttp::field::expect:
+  case bhttp::field::proxy_authorization: return true;
+  default: break;
   }
-  for (const auto& listed : listed_in_connection) {
+  for (const auto listed : listed_in_connection) {
     if (beast::iequals(name, listed)) return true;
   }
   return false;
 }
 
-std::vector<std::string> connection_tokens(const bhttp::fields& fields) {
-  std::vector<std::string> tokens;
-  for (const auto& token : bhttp::token_list(fields[bhttp::field::connection]))
-    tokens.emplace_back(token);
+// The tokens of the Connection field, as views into `fields` (which outlive them).
+std::vector<std::string_view> connection_tokens(const bhttp::fields& fields) {
+  std::vector<std::string_view> tokens;
+  const auto connection = fields.find(bhttp::field::connection);
+  if (connection == fields.end()) return tokens;
+  for (const auto& token : bhttp::token_list(connection->value()))
+    tokens.emplace_back(token.data(), token.size());
   return tokens;
+}
+
+std::string_view view(beast::string_view text) {
+  return {text.data(), text.size()};
+}
+
+// The request head as the upstream sees it, written directly (no Beast
+// message: the fields would be copied once more). Names and values come from
+// Beast's parser (tokens, no CR or LF) or from this process.
+std::string upstream_request_head(const http::HttpExchange& exchange, bool chunked_body) {
+  const auto& incoming = exchange.headers();
+  const auto listed = connection_tokens(incoming);
+  std::string head;
+  head.reserve(512);
+  head.append(exchange.method_string()).append(" ").append(exchange.target()).append(" HTTP/1.1\r\n");
+  auto add = [&head](std::string_view name, std::string_view value) {
+    head.append(name).append(": ").append(value).append("\r\n");
+  };
+  std::string_view forwarded_for, host;
+  for (const auto& field : incoming) {
+    const std::string_view name = view(field.name_string());
+    if (is_hop_by_hop(field.name(), name, listed)) continue;
+    if (beast::iequals(name, "x-forwarded-for")) {
+      forwarded_for = view(field.value());
+      continue;
+    }
+    if (beast::iequals(name, "x-request-id") || beast::iequals(name, "x-real-ip") ||
+        beast::iequals(name, "x-forwarded-proto") || beast::iequals(name, "x-forwarded-host"))
+      continue;
+    if (field.name() == bhttp::field::host) host = view(field.value());
+    add(name, view(field.value()));
+  }
+  const std::string& remote = exchange.remote_address();
+  if (forwarded_for.empty()) {
+    add("X-Forwarded-For", remote);
+  } else {
+    head.append("X-Forwarded-For: ").append(forwarded_for).append(", ").append(remote).append("\r\n");
+  }
+  add("X-Real-IP", remote);
+  add("X-Forwarded-Proto", "http");
+  if (!host.empty()) add("X-Forwarded-Host", host);
+  add("X-Request-Id", exchange.request_id());
+  if (const auto length = exchange.content_length()) add("Content-Length", std::to_string(*length));
+  if (chunked_body) add("Transfer-Encoding", "chunked");
+  head += "\r\n";
+  return head;
 }
 
 class UpstreamFailure : public std::runtime_error {
@@ -73,30 +127,6 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, 
   co_return connection;
 }
 
-// While the upstream works on an answer, a client that hangs up cancels it:
-// closing the upstream connection is how a service learns to stop.
-struct ClientWatch {
-  explicit ClientWatch(net::any_io_executor executor) : timer(std::move(executor)) {}
-  net::steady_timer timer;
-  bool done = false;
-  bool client_gone = false;
-};
-
-net::awaitable<void> watch_client(std::shared_ptr<ClientWatch> watch, http::HttpExchange& exchange,
-                                  beast::tcp_stream& upstream) {
-  while (!watch->done) {
-    watch->timer.expires_after(std::chrono::milliseconds(500));
-    boost::system::error_code ec;
-    co_await watch->timer.async_wait(net::redirect_error(net::use_awaitable, ec));
-    if (watch->done) co_return;
-    if (exchange.peer_closed()) {
-      watch->client_gone = true;
-      upstream.cancel();
-      co_return;
-    }
-  }
-}
-
 } // namespace
 
 net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool) {
@@ -104,29 +134,9 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
   // Long streams are bounded by the read timeout between pieces, not by one deadline.
   exchange.set_deadline(http::Clock::time_point::max());
 
-  // The request head as the upstream sees it.
-  const auto& incoming = exchange.headers();
-  const auto listed = connection_tokens(incoming);
-  bhttp::request<bhttp::empty_body> head{exchange.method(), std::string(exchange.target()), 11};
-  if (exchange.method() == bhttp::verb::unknown) head.method_string(exchange.method_string());
-  for (const auto& field : incoming) {
-    if (is_hop_by_hop(field.name_string(), listed)) continue;
-    if (beast::iequals(field.name_string(), "x-forwarded-for") || beast::iequals(field.name_string(), "x-request-id"))
-      continue;
-    head.insert(field.name_string(), field.value());
-  }
-  const std::string forwarded_for = exchange.header("X-Forwarded-For");
-  head.set("X-Forwarded-For",
-           forwarded_for.empty() ? exchange.remote_address() : forwarded_for + ", " + exchange.remote_address());
-  head.set("X-Real-IP", exchange.remote_address());
-  head.set("X-Forwarded-Proto", "http");
-  if (const auto host = exchange.header(bhttp::field::host); !host.empty()) head.set("X-Forwarded-Host", host);
-  head.set("X-Request-Id", exchange.request_id());
   const auto body_length = exchange.content_length();
   const bool chunked_body = !body_length && !exchange.body_complete();
-  if (body_length) head.content_length(*body_length);
-  if (chunked_body) head.chunked(true);
-  head.keep_alive(true);
+  const std::string head = upstream_request_head(exchange, chunked_body);
 
   // Connect (or reuse) and send the head; until a body byte leaves, another endpoint may be tried.
   std::set<const Endpoint*> tried;
@@ -142,8 +152,7 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
       if (!connection) connection = co_await connect(pool, endpoint);
       boost::system::error_code ec;
       connection->stream.expires_after(millis(config.read_timeout_s));
-      bhttp::request_serializer<bhttp::empty_body> serializer{head};
-      co_await bhttp::async_write_header(connection->stream, serializer, net::redirect_error(net::use_awaitable, ec));
+      co_await net::async_write(connection->stream, net::buffer(head), net::redirect_error(net::use_awaitable, ec));
       if (ec) throw UpstreamFailure("send", fmt::format("sending to {} failed: {}", endpoint.label, ec.message()));
       break;
     } catch (const UpstreamFailure& failure) {
@@ -200,15 +209,19 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
   parser.header_limit(64 * 1024);
   if (exchange.method() == bhttp::verb::head) parser.skip(true);
   {
-    auto watch = std::make_shared<ClientWatch>(co_await net::this_coro::executor);
-    net::co_spawn(co_await net::this_coro::executor, watch_client(watch, exchange, upstream), net::detached);
+    // While the upstream works on an answer, a client that hangs up cancels it:
+    // closing the upstream connection is how a service learns to stop.
+    bool client_gone = false;
+    http::HttpExchange::HangupWatch watch(exchange, [&client_gone, &upstream] {
+      client_gone = true;
+      upstream.cancel();
+    });
     boost::system::error_code ec;
     upstream.expires_after(millis(config.read_timeout_s));
     co_await bhttp::async_read_header(upstream, connection->buffer, parser,
                                       net::redirect_error(net::use_awaitable, ec));
-    watch->done = true;
-    watch->timer.cancel();
-    if (watch->client_gone) throw http::ClientGone("client went away while the upstream was answering");
+    watch.stop();
+    if (client_gone) throw http::ClientGone("client went away while the upstream was answering");
     if (ec == beast::error::timeout) {
       pool.report_failure(endpoint, "timeout");
       throw gateway_timeout(fmt::format("Upstream {} did not answer within {} s (gateway.read_timeout).",
@@ -225,18 +238,19 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
   // The response head as the client sees it.
   const auto& answer = parser.get();
   const auto answer_listed = connection_tokens(answer.base());
-  bhttp::fields fields;
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  fields.reserve(16);
   for (const auto& field : answer.base()) {
-    if (is_hop_by_hop(field.name_string(), answer_listed)) continue;
-    if (beast::iequals(field.name_string(), "server") || beast::iequals(field.name_string(), "x-request-id")) continue;
-    fields.insert(field.name_string(), field.value());
+    const std::string_view name = view(field.name_string());
+    if (is_hop_by_hop(field.name(), name, answer_listed)) continue;
+    fields.emplace_back(name, view(field.value()));
   }
   std::optional<uint64_t> length;
   if (const auto declared = parser.content_length()) length = *declared;
   if (exchange.method() == bhttp::verb::head) {
     // A HEAD answer keeps the length the upstream declared for the GET.
     if (const auto declared = answer.find(bhttp::field::content_length); declared != answer.end())
-      fields.set(bhttp::field::content_length, declared->value());
+      fields.emplace_back("Content-Length", view(declared->value()));
   }
   // The body, each piece passed on as it arrives.
   if (!connection->relay_buffer) connection->relay_buffer = std::make_unique_for_overwrite<char[]>(kRelayBufferSize);

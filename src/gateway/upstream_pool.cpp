@@ -42,7 +42,7 @@ bool still_open(beast::tcp_stream& stream) {
 
 Lease::Lease(UpstreamPool& pool, std::shared_ptr<Endpoint> endpoint) : pool_(&pool), endpoint_(std::move(endpoint)) {
   ++endpoint_->outstanding;
-  pool_->metrics_.upstream_requests_in_flight.labels({pool_->name_}).inc();
+  pool_->in_flight_.inc();
 }
 
 Lease::Lease(Lease&& other) noexcept : pool_(other.pool_), endpoint_(std::move(other.endpoint_)) {}
@@ -63,13 +63,14 @@ Lease::~Lease() {
 void Lease::release() {
   if (!endpoint_) return;
   --endpoint_->outstanding;
-  pool_->metrics_.upstream_requests_in_flight.labels({pool_->name_}).dec();
+  pool_->in_flight_.dec();
   endpoint_.reset();
 }
 
 UpstreamPool::UpstreamPool(std::string name, const std::vector<std::string>& urls, const GatewayConfig& config,
                            net::io_context& ioc, ServerMetrics& metrics)
-    : name_(std::move(name)), config_(config), ioc_(ioc), metrics_(metrics) {
+    : name_(std::move(name)), config_(config), ioc_(ioc), metrics_(metrics),
+      in_flight_(metrics.upstream_requests_in_flight.labels({name_})) {
   for (const auto& url : urls) {
     const auto address = parse_upstream_url(url);
     if (!address) throw std::invalid_argument("gateway pool " + name_ + ": not an http://host:port URL: " + url);
@@ -78,7 +79,7 @@ UpstreamPool::UpstreamPool(std::string name, const std::vector<std::string>& url
     targets_.push_back({*address, !ec});
   }
   endpoints_.resize(targets_.size());
-  metrics_.upstream_requests_in_flight.labels({name_}).set(0);
+  in_flight_.set(0);
   resolve_now_blocking();
 }
 
@@ -245,35 +246,50 @@ net::awaitable<void> UpstreamPool::health_loop() {
 std::optional<Lease> UpstreamPool::pick(const std::set<const Endpoint*>& tried) {
   const auto now = Clock::now();
   std::lock_guard lock(mutex_);
-  std::vector<std::shared_ptr<Endpoint>> all;
+  size_t total = 0;
   for (const auto& group : endpoints_)
-    all.insert(all.end(), group.begin(), group.end());
-  if (all.empty()) return std::nullopt;
-  std::shared_ptr<Endpoint> best;
-  const size_t start = next_start_++ % all.size();
-  for (size_t i = 0; i < all.size(); ++i) {
-    const auto& candidate = all[(start + i) % all.size()];
+    total += group.size();
+  if (total == 0) return std::nullopt;
+  // The endpoint at flat index i across the groups (a pool has a handful).
+  auto at = [this](size_t i) -> const std::shared_ptr<Endpoint>& {
+    for (const auto& group : endpoints_) {
+      if (i < group.size()) return group[i];
+      i -= group.size();
+    }
+    throw std::logic_error("endpoint index out of range");
+  };
+  const std::shared_ptr<Endpoint>* best = nullptr;
+  const size_t start = next_start_++ % total;
+  for (size_t i = 0; i < total; ++i) {
+    const auto& candidate = at((start + i) % total);
     if (tried.contains(candidate.get()) || !candidate->healthy || candidate->ejected_until > now) continue;
-    if (!best || candidate->outstanding.load() < best->outstanding.load()) best = candidate;
+    if (!best || candidate->outstanding.load() < (*best)->outstanding.load()) best = &candidate;
   }
   if (!best) return std::nullopt;
-  return Lease(*this, best);
+  return Lease(*this, *best);
 }
 
 std::unique_ptr<UpstreamConnection> UpstreamPool::take_idle(Endpoint& endpoint, const net::any_io_executor& executor) {
   const auto now = Clock::now();
-  std::lock_guard lock(mutex_);
-  for (auto it = endpoint.idle.end(); it != endpoint.idle.begin();) {
-    --it;
-    if ((*it)->stream.get_executor() != executor) continue;
-    auto connection = std::move(*it);
-    it = endpoint.idle.erase(it);
+  for (;;) {
+    std::unique_ptr<UpstreamConnection> connection;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto it = endpoint.idle.end(); it != endpoint.idle.begin();) {
+        --it;
+        if ((*it)->stream.get_executor() != executor) continue;
+        connection = std::move(*it);
+        endpoint.idle.erase(it);
+        break;
+      }
+    }
+    if (!connection) return nullptr;
+    // Checked outside the lock (a system call): the other I/O threads' requests need it meanwhile.
     if (now - connection->idle_since < millis(config_.idle_connection_timeout_s) && still_open(connection->stream)) {
       connection->reused = true;
       return connection;
     }
   }
-  return nullptr;
 }
 
 void UpstreamPool::give_back(Endpoint& endpoint, std::unique_ptr<UpstreamConnection> connection) {
@@ -290,6 +306,7 @@ void UpstreamPool::give_back(Endpoint& endpoint, std::unique_ptr<UpstreamConnect
 }
 
 void UpstreamPool::report_success(Endpoint& endpoint) {
+  if (endpoint.consecutive_failures.load() == 0 && endpoint.ejections.load() == 0) return;
   std::lock_guard lock(mutex_);
   endpoint.consecutive_failures = 0;
   endpoint.ejections = 0;
@@ -301,8 +318,8 @@ void UpstreamPool::report_failure(Endpoint& endpoint, const std::string& kind) {
   {
     std::lock_guard lock(mutex_);
     if (++endpoint.consecutive_failures >= config_.max_fails) {
-      const double backoff =
-          std::min(config_.eject_max_time_s, config_.eject_time_s * std::pow(2.0, std::min(endpoint.ejections, 30)));
+      const double backoff = std::min(config_.eject_max_time_s,
+                                      config_.eject_time_s * std::pow(2.0, std::min(endpoint.ejections.load(), 30)));
       endpoint.ejected_until = Clock::now() + millis(backoff);
       ++endpoint.ejections;
       endpoint.consecutive_failures = 0;

@@ -45,10 +45,12 @@ struct Endpoint {
   tcp::endpoint address;
   std::string label; // "10.1.2.3:8000 (llava-service)"
   std::atomic<int> outstanding{0};
+  // Written under the pool's mutex; atomic so that a success with nothing
+  // to reset (nearly every request) can skip the lock.
+  std::atomic<int> consecutive_failures{0};
+  std::atomic<int> ejections{0};
   // The rest is guarded by the pool's mutex.
   bool healthy = true; // the last active health check (true until one says otherwise)
-  int consecutive_failures = 0;
-  int ejections = 0;
   Clock::time_point ejected_until{};
   std::vector<std::unique_ptr<UpstreamConnection>> idle;
 };
@@ -122,6 +124,7 @@ private:
   const GatewayConfig& config_;
   net::io_context& ioc_;
   ServerMetrics& metrics_;
+  metrics::Gauge& in_flight_; // this pool's series, found once
   std::vector<Target> targets_;
   mutable std::mutex mutex_;
   // Per target: its current endpoints. An endpoint dropped by DNS lives on

@@ -257,6 +257,34 @@ gateway:
   unhealthy.child.kill('SIGKILL');
 });
 
+test('a client that hangs up while the upstream works closes the upstream connection; the gateway carries on', async () => {
+  const worker = await startUpstream('worker');
+  const gateway = await startMmserve(`gateway:
+  read_timeout: 60s
+  routes: [{path: /v1/work/, pool: worker}]
+  pools:
+    worker: {endpoints: [${worker.url}]}
+    vision: {endpoints: [${vision1.url}]}
+    image: {endpoints: [${image.url}]}
+    speech: {endpoints: [${speech.url}]}
+`);
+  const closed = async () => (await (await fetch(`${worker.url}/control/slow-closed`)).json()).closed;
+  assert.equal(await closed(), 0);
+  // Three clients give up after 300 ms; each upstream request is cut within the sweep interval.
+  const gaveUp = await Promise.allSettled([1, 2, 3].map(() => raw(gateway.port, 'GET', '/v1/work/slow', { timeoutMs: 300 })));
+  assert.ok(gaveUp.every((result) => result.status === 'rejected'));
+  const started = Date.now();
+  while ((await closed()) < 3 && Date.now() - started < 5000) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(await closed(), 3, 'the upstream saw every abandoned request closed');
+  assert.ok(Date.now() - started < 2000, `closed ${Date.now() - started} ms after the clients left`);
+  // A request that is answered is untouched by the watch, before and after.
+  const answered = await raw(gateway.port, 'GET', '/v1/work/echo');
+  assert.equal(answered.status, 200);
+  assert.equal(answered.json.service, 'worker');
+  assert.equal(await stop(gateway), 0);
+  worker.child.kill('SIGKILL');
+});
+
 test('an endpoint that stops answering: 502 until it is ejected after max_fails, then 503 with Retry-After', async () => {
   const doomed = await startUpstream('doomed');
   // Health checks far apart: only the passive ejection can notice the loss.

@@ -4,6 +4,7 @@
 //   GET  /v1/models              one model named after the service
 //   POST /v1/chat/completions    {"stream":true}: SSE events 200 ms apart; else as below
 //   GET  .../slow                never answers
+//   GET  /control/slow-closed    how many .../slow requests the client side closed
 //   anything else                the request as seen: service, method, path,
 //                                headers, body bytes and their SHA-256 (the
 //                                body is hashed as it streams, never held)
@@ -12,6 +13,7 @@ import { createServer } from 'node:http';
 
 const [name, portText] = process.argv.slice(2);
 let healthy = true;
+let slowClosed = 0;
 
 const server = createServer((request, response) => {
   const url = new URL(request.url, 'http://upstream');
@@ -22,10 +24,14 @@ const server = createServer((request, response) => {
   if (url.pathname === '/readyz') return reply(healthy ? 200 : 503, { ready: healthy });
   if (url.pathname === '/control/unhealthy') { healthy = false; return reply(200, {}); }
   if (url.pathname === '/control/healthy') { healthy = true; return reply(200, {}); }
+  if (url.pathname === '/control/slow-closed') return reply(200, { closed: slowClosed });
   if (url.pathname === '/v1/models') {
     return reply(200, { object: 'list', data: [{ id: `${name}-model`, object: 'model', owned_by: name }] });
   }
-  if (url.pathname.endsWith('/slow')) return; // holds the request open
+  if (url.pathname.endsWith('/slow')) { // holds the request open
+    request.socket.once('close', () => { slowClosed += 1; });
+    return;
+  }
 
   const hash = createHash('sha256');
   let bytes = 0;
