@@ -33,6 +33,13 @@ int hex_value(char c) {
 
 } // namespace
 
+IoExecutor io_executor_of(const net::any_io_executor& executor) {
+  if (const auto* plain = executor.target<IoExecutor>()) return *plain;
+  // Another io_context executor type (tracking work, say): every execution
+  // context that runs HTTP coroutines here is an io_context.
+  return static_cast<net::io_context&>(net::query(executor, net::execution::context)).get_executor();
+}
+
 std::optional<std::string> url_decode(std::string_view text) {
   std::string out;
   out.reserve(text.size());
@@ -72,9 +79,9 @@ bool etag_matches(std::string_view if_none_match, std::string_view etag) {
   return false;
 }
 
-HttpExchange::HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
-                           std::string request_id, std::string remote_address, ExchangeLimits limits,
-                           const std::atomic<bool>& draining, HangupSweeper& sweeper)
+HttpExchange::HttpExchange(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser, std::string request_id,
+                           std::string remote_address, ExchangeLimits limits, const std::atomic<bool>& draining,
+                           HangupSweeper& sweeper)
     : stream_(stream), buffer_(buffer), parser_(parser), request_id_(std::move(request_id)),
       remote_address_(std::move(remote_address)), limits_(limits), draining_(draining), sweeper_(sweeper) {
   const std::string_view target = parser_.get().target();

@@ -7,6 +7,7 @@
 #include "core/api_error.hpp"
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -31,6 +32,16 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 
 using Clock = std::chrono::steady_clock;
+// Connections are bound to one single-threaded io_context from accept to
+// close; naming its executor type (instead of Asio's type-erased
+// any_io_executor) keeps each I/O operation's executor bookkeeping off the
+// type-erased path.
+using IoExecutor = net::io_context::executor_type;
+using TcpStream = beast::basic_stream<net::ip::tcp, IoExecutor>;
+using TcpSocket = TcpStream::socket_type;
+
+// The io_context executor behind a coroutine's executor (every context here is an io_context).
+IoExecutor io_executor_of(const net::any_io_executor& executor);
 using RequestParser = bhttp::request_parser<bhttp::buffer_body>;
 
 // Thrown when the client went away mid-request; the server closes quietly.
@@ -49,7 +60,7 @@ struct ExchangeLimits {
 
 class HttpExchange {
 public:
-  HttpExchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser, std::string request_id,
+  HttpExchange(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser, std::string request_id,
                std::string remote_address, ExchangeLimits limits, const std::atomic<bool>& draining,
                HangupSweeper& sweeper);
 
@@ -128,7 +139,7 @@ private:
   net::awaitable<void> send_continue_if_expected();
   void arm_timer();
 
-  beast::tcp_stream& stream_;
+  TcpStream& stream_;
   beast::flat_buffer& buffer_;
   RequestParser& parser_;
   std::string request_id_;

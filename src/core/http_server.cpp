@@ -22,7 +22,7 @@ namespace mmserve::http {
 using tcp = net::ip::tcp;
 
 struct HttpServer::Connection {
-  beast::tcp_stream* stream = nullptr;
+  TcpStream* stream = nullptr;
   std::atomic<bool> idle{true};
 };
 
@@ -40,8 +40,7 @@ std::chrono::milliseconds to_millis(double seconds) {
 
 // Answers a request that never became an exchange (unparseable, or refused
 // at the door) and ends the connection.
-net::awaitable<void> write_error_and_close(beast::tcp_stream& stream, const ApiError& error,
-                                           const std::string& request_id) {
+net::awaitable<void> write_error_and_close(TcpStream& stream, const ApiError& error, const std::string& request_id) {
   bhttp::response<bhttp::string_body> response{static_cast<bhttp::status>(error.status()), 11};
   response.set(bhttp::field::server, std::string("mmserve/") + kVersion);
   response.set(bhttp::field::content_type, "application/json");
@@ -59,7 +58,7 @@ net::awaitable<void> write_error_and_close(beast::tcp_stream& stream, const ApiE
 // After answering without reading the whole body (a 413, say), closing at
 // once could reset the connection before the client reads the answer. Stop
 // sending, then read and discard for a bounded time and size, then close.
-net::awaitable<void> lingering_close(beast::tcp_stream& stream) {
+net::awaitable<void> lingering_close(TcpStream& stream) {
   boost::system::error_code ec;
   stream.socket().shutdown(tcp::socket::shutdown_send, ec);
   std::array<char, size_t{16} * 1024> discard{};
@@ -151,7 +150,8 @@ net::awaitable<void> HttpServer::accept_loop() {
   for (;;) {
     boost::system::error_code ec;
     const size_t index = next_context();
-    tcp::socket socket = co_await acceptor_.async_accept(context(index), net::redirect_error(net::use_awaitable, ec));
+    TcpSocket socket(context(index));
+    co_await acceptor_.async_accept(socket, net::redirect_error(net::use_awaitable, ec));
     if (ec) {
       if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
       spdlog::warn("accept failed: {}", ec.message());
@@ -169,8 +169,8 @@ net::awaitable<void> HttpServer::accept_loop() {
   }
 }
 
-net::awaitable<void> HttpServer::refuse_connection(tcp::socket socket) {
-  beast::tcp_stream stream(std::move(socket));
+net::awaitable<void> HttpServer::refuse_connection(TcpSocket socket) {
+  TcpStream stream(std::move(socket));
   co_await write_error_and_close(
       stream,
       ApiError::unavailable(fmt::format("Server is at its limit of {} connections.", config_.max_connections), 1,
@@ -179,7 +179,7 @@ net::awaitable<void> HttpServer::refuse_connection(tcp::socket socket) {
   co_await lingering_close(stream);
 }
 
-net::awaitable<void> HttpServer::serve_connection(tcp::socket socket, HangupSweeper& sweeper) {
+net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper) {
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   const std::string remote = ec ? std::string("unknown") : peer.address().to_string();
@@ -187,7 +187,7 @@ net::awaitable<void> HttpServer::serve_connection(tcp::socket socket, HangupSwee
   // TCP_NODELAY, Nagle's algorithm holds each small write for the client's
   // delayed ACK (40 ms).
   socket.set_option(tcp::no_delay(true), ec);
-  beast::tcp_stream stream(std::move(socket));
+  TcpStream stream(std::move(socket));
   beast::flat_buffer buffer;
 
   auto connection = std::make_shared<Connection>();
@@ -249,9 +249,8 @@ net::awaitable<void> HttpServer::serve_connection(tcp::socket socket, HangupSwee
   metrics_.http_connections_open.labels({}).dec();
 }
 
-net::awaitable<bool> HttpServer::handle_request(beast::tcp_stream& stream, beast::flat_buffer& buffer,
-                                                RequestParser& parser, const std::string& remote,
-                                                HangupSweeper& sweeper) {
+net::awaitable<bool> HttpServer::handle_request(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser,
+                                                const std::string& remote, HangupSweeper& sweeper) {
   const auto started = Clock::now();
   const auto client_id = parser.get().find("X-Request-Id");
   const std::string request_id =

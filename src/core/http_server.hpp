@@ -56,9 +56,9 @@ private:
   struct Connection;
 
   net::awaitable<void> accept_loop();
-  net::awaitable<void> serve_connection(net::ip::tcp::socket socket, HangupSweeper& sweeper);
-  net::awaitable<void> refuse_connection(net::ip::tcp::socket socket);
-  net::awaitable<bool> handle_request(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
+  net::awaitable<void> serve_connection(TcpSocket socket, HangupSweeper& sweeper);
+  net::awaitable<void> refuse_connection(TcpSocket socket);
+  net::awaitable<bool> handle_request(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser,
                                       const std::string& remote, HangupSweeper& sweeper);
   net::awaitable<void> watch_drain(std::chrono::steady_clock::time_point deadline);
   void close_idle_connections();

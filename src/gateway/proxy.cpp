@@ -114,7 +114,7 @@ ApiError gateway_timeout(const std::string& message) {
 
 net::awaitable<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, Endpoint& endpoint) {
   // On the request's own I/O context: its completions then resume the request without a thread hop.
-  auto connection = std::make_unique<UpstreamConnection>(co_await net::this_coro::executor);
+  auto connection = std::make_unique<UpstreamConnection>(http::io_executor_of(co_await net::this_coro::executor));
   boost::system::error_code ec;
   connection->stream.expires_after(millis(pool.config().connect_timeout_s));
   co_await connection->stream.async_connect(endpoint.address, net::redirect_error(net::use_awaitable, ec));
@@ -148,7 +148,7 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
     if (!lease) break;
     Endpoint& endpoint = lease->endpoint();
     try {
-      connection = pool.take_idle(endpoint, co_await net::this_coro::executor);
+      connection = pool.take_idle(endpoint, http::io_executor_of(co_await net::this_coro::executor));
       if (!connection) connection = co_await connect(pool, endpoint);
       boost::system::error_code ec;
       connection->stream.expires_after(millis(config.read_timeout_s));
@@ -292,7 +292,7 @@ net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& p
     Endpoint& endpoint = lease->endpoint();
     tried.insert(&endpoint);
     try {
-      auto connection = pool.take_idle(endpoint, co_await net::this_coro::executor);
+      auto connection = pool.take_idle(endpoint, http::io_executor_of(co_await net::this_coro::executor));
       if (!connection) connection = co_await connect(pool, endpoint);
       bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target, 11};
       request.set(bhttp::field::host, endpoint.address.address().to_string());

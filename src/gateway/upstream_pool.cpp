@@ -31,7 +31,7 @@ std::string endpoint_label(const tcp::endpoint& address, const std::string& host
 
 // A kept-alive connection the upstream has closed (or sent unexpected bytes
 // on) must not carry the next request.
-bool still_open(beast::tcp_stream& stream) {
+bool still_open(http::TcpStream& stream) {
   pollfd watch{};
   watch.fd = stream.socket().native_handle();
   watch.events = POLLIN | POLLRDHUP;
@@ -269,7 +269,7 @@ std::optional<Lease> UpstreamPool::pick(const std::set<const Endpoint*>& tried) 
   return Lease(*this, *best);
 }
 
-std::unique_ptr<UpstreamConnection> UpstreamPool::take_idle(Endpoint& endpoint, const net::any_io_executor& executor) {
+std::unique_ptr<UpstreamConnection> UpstreamPool::take_idle(Endpoint& endpoint, const http::IoExecutor& executor) {
   const auto now = Clock::now();
   for (;;) {
     std::unique_ptr<UpstreamConnection> connection;

@@ -30,8 +30,8 @@ using Clock = std::chrono::steady_clock;
 
 // One kept-alive HTTP/1.1 connection to an endpoint.
 struct UpstreamConnection {
-  explicit UpstreamConnection(net::any_io_executor executor) : stream(std::move(executor)) {}
-  beast::tcp_stream stream;
+  explicit UpstreamConnection(http::IoExecutor executor) : stream(std::move(executor)) {}
+  http::TcpStream stream;
   beast::flat_buffer buffer;
   // Response bodies pass through here; kept with the connection so that a
   // request costs no fresh allocation (and no zeroing) of it.
@@ -92,7 +92,7 @@ public:
   std::optional<Lease> pick(const std::set<const Endpoint*>& tried);
   // A kept-alive connection to the endpoint, still open and driven by
   // `executor` (the asking request's I/O context), or nullptr.
-  std::unique_ptr<UpstreamConnection> take_idle(Endpoint& endpoint, const net::any_io_executor& executor);
+  std::unique_ptr<UpstreamConnection> take_idle(Endpoint& endpoint, const http::IoExecutor& executor);
   void give_back(Endpoint& endpoint, std::unique_ptr<UpstreamConnection> connection);
   void report_success(Endpoint& endpoint);
   // `kind`: connect, timeout, send, read (the metric's label).

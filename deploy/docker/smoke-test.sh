@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Runs a built mmserve image the way the seed's pods do (one role each, the
+# seed's environment variables, models under /models, as the image's
+# non-root user) and checks each service answers for real: vision chat with a
+# JPEG (llama.cpp + libvips), a transcription of an MP3 (whisper + FFmpeg), a
+# generated PNG (the diffusion engine), and the default `serve` command's
+# probes and metrics. The models are the test suite's small ones.
+#
+#   bash deploy/docker/smoke-test.sh [IMAGE] [--runner podman|chroot] [--tool podman|docker]
+#
+# --runner chroot runs the image's file system with chroot in private mount
+# and PID namespaces instead of an OCI runtime, for machines where crun/runc
+# cannot start containers (nested sandboxes); podman supplies the file system.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+image="" runner=podman tool="${CONTAINER_TOOL:-}"
+while (($#)); do
+  case "$1" in
+    --runner) runner="$2"; shift 2 ;;
+    --tool) tool="$2"; shift 2 ;;
+    -*) echo "usage: $0 [IMAGE] [--runner podman|chroot] [--tool podman|docker]" >&2; exit 2 ;;
+    *) image="$1"; shift ;;
+  esac
+done
+# shellcheck source=container-tool.sh
+source "$(dirname "${BASH_SOURCE[0]}")/container-tool.sh"
+tool="$(container_tool "$tool")"
+[[ -n "$image" ]] || image="mmserve:$(sed -n 's/^project(mmserve VERSION \([0-9.]*\).*/\1/p' "$ROOT/CMakeLists.txt")"
+[[ "$runner" != chroot || "$tool" == podman ]] || { echo "--runner chroot needs podman (image mount)" >&2; exit 2; }
+
+SHARED="${MMSERVE_TEST_MODELS:-$ROOT/../shared/models}"
+MEDIA="${MMSERVE_TEST_MEDIA:-$ROOT/../shared/media}"
+GENERATED="${MMSERVE_TEST_GENERATED:-$ROOT/build/test-models}"
+for needed in "$SHARED/for-tests-ggml-tiny.en.bin" "$MEDIA/jfk.mp3" "$MEDIA/newspaper-moon.jpeg" \
+  "$GENERATED/tiny-llama-random.gguf" "$GENERATED/mmproj-stories260K-random.gguf" "$GENERATED/tiny-sd"; do
+  [[ -e "$needed" ]] || { echo "smoke test needs $needed (the test models: make build)" >&2; exit 2; }
+done
+
+log() { printf '[smoke] %s\n' "$*" >&2; }
+WORK="$(mktemp -d /tmp/mmserve-smoke.XXXXXX)"
+RUNNING=()
+cleanup() {
+  for entry in "${RUNNING[@]}"; do stop_container "$entry"; done
+  [[ "$runner" != chroot ]] || "$tool" image unmount "$image" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The models volume, as docs/deploy.md lays it out: one folder per model.
+mkdir -p "$WORK/models/tiny-vlm"
+cp "$GENERATED/tiny-llama-random.gguf" "$GENERATED/mmproj-stories260K-random.gguf" "$WORK/models/tiny-vlm/"
+cp "$SHARED/for-tests-ggml-tiny.en.bin" "$WORK/models/"
+cp -r "$GENERATED/tiny-sd" "$WORK/models/tiny-sd"
+chmod -R a+rX "$WORK"
+
+user="$("$tool" image inspect --format '{{.Config.User}}' "$image")"
+mapfile -t image_env < <("$tool" image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" | sed '/^$/d')
+[[ "$runner" != chroot ]] || rootfs="$("$tool" image mount "$image")"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start NAME PORT "ENV=V ..." ARGS...: the image's entrypoint with ARGS, host network, /models read-only.
+start() {
+  local name="$1" port="$2" env_list="$3"
+  shift 3
+  local env_pairs=() env_args=() entry
+  read -r -a env_pairs <<<"$env_list"
+  for entry in "${env_pairs[@]}"; do env_args+=(-e "$entry"); done
+  if [[ "$runner" == podman ]]; then
+    "$tool" run -d --rm --name "mmserve-smoke-$name" --network host -v "$WORK/models:/models:ro" \
+      "${env_args[@]}" "$image" "$@" --host 127.0.0.1 --port "$port" >/dev/null
+    RUNNING+=("podman:mmserve-smoke-$name")
+  else
+    mkdir -p "$WORK/$name/tmp" "$WORK/$name/home" "$WORK/$name/outputs"
+    chown -R "$user" "$WORK/$name"
+    # Private mounts: the models read-only, writable /tmp, home and outputs, /proc and /dev.
+    unshare --mount --pid --fork --kill-child bash -c '
+      set -e; root="$1"; work="$2"; models="$3"; shift 3
+      mount --make-rprivate /
+      mount --bind "$work/tmp" "$root/tmp"
+      mount --bind "$work/home" "$root/home/mmserve"
+      mount --bind "$work/outputs" "$root/outputs"
+      mount --bind -o ro "$models" "$root/models"
+      mount -t proc proc "$root/proc"
+      mount --rbind /dev "$root/dev"
+      exec "$@"' _ "$rootfs" "$WORK/$name" "$WORK/models" \
+      chroot --userspec="$user" "$rootfs" env -i "${image_env[@]}" "${env_pairs[@]}" HOME=/home/mmserve \
+      sh -c 'cd /home/mmserve && exec mmserve "$@"' _ "$@" --host 127.0.0.1 --port "$port" \
+      >"$WORK/$name.log" 2>&1 &
+    RUNNING+=("pid:$!")
+  fi
+  local deadline=$((SECONDS + 120))
+  until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do
+    if ((SECONDS > deadline)); then
+      log "$name: not ready within 120 s"
+      [[ "$runner" == podman ]] && "$tool" logs "mmserve-smoke-$name" >&2 || tail -30 "$WORK/$name.log" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+  log "$name: ready on port $port"
+}
+stop_container() {
+  case "$1" in
+    podman:*) "$tool" stop -t 10 "${1#podman:}" >/dev/null 2>&1 || true ;;
+    pid:*) kill "${1#pid:}" 2>/dev/null || true; wait "${1#pid:}" 2>/dev/null || true ;;
+  esac
+}
+check() { # DESCRIPTION PYTHON-EXPRESSION-ON-r (the parsed JSON) < response
+  python3 -c 'import json,sys; r=json.load(sys.stdin); ok=eval(sys.argv[2]); print(("ok  " if ok else "FAIL"), sys.argv[1]); sys.exit(0 if ok else 1)' "$1" "$2"
+}
+
+if [[ "$runner" == chroot ]]; then chroot --userspec="$user" "$rootfs" mmserve --version; else "$tool" run --rm "$image" --version; fi
+
+# llava-service: MODEL_PATH and LOAD_8BIT as the seed sets them.
+port=$(free_port)
+start vision "$port" "MODEL_PATH=/models/tiny-vlm LOAD_8BIT=false" vision
+image_b64="$(base64 -w0 "$MEDIA/newspaper-moon.jpeg")"
+printf '{"model":"tiny-vlm","max_tokens":8,"messages":[{"role":"user","content":[{"type":"text","text":"Describe."},{"type":"image_url","image_url":{"url":"data:image/jpeg;base64,%s"}}]}]}' "$image_b64" >"$WORK/chat.json"
+curl -sf -H 'content-type: application/json' --data-binary @"$WORK/chat.json" "http://127.0.0.1:$port/v1/chat/completions" |
+  check "vision: chat completion with a JPEG" 'r["object"]=="chat.completion" and r["usage"]["prompt_tokens"]>10'
+
+# whisper-service: MODEL_SIZE, DEVICE, COMPUTE_TYPE as the seed sets them; the model file from /models.
+port=$(free_port)
+start speech "$port" "MODEL_PATH=/models/for-tests-ggml-tiny.en.bin DEVICE=cpu COMPUTE_TYPE=float32" speech
+curl -sf -F model=whisper-1 -F file=@"$MEDIA/jfk.mp3" -F response_format=verbose_json \
+  "http://127.0.0.1:$port/v1/audio/transcriptions" |
+  check "speech: an MP3 transcribed (FFmpeg decoding, whisper)" 'r["duration"]>10 and "text" in r'
+
+# stable-diffusion: MODEL_PATH as the seed sets it; one PNG.
+port=$(free_port)
+start image "$port" "MODEL_PATH=/models/tiny-sd" image
+curl -sf -H 'content-type: application/json' \
+  -d '{"prompt":"a red circle","size":"64x64","steps":1,"seed":1,"response_format":"b64_json"}' \
+  "http://127.0.0.1:$port/v1/images/generations" |
+  check "image: a generated PNG" '__import__("base64").b64decode(r["data"][0]["b64_json"])[:8]==b"\x89PNG\r\n\x1a\n"'
+
+# The default command (serve, the shipped config) with no models: probes and the seed's metrics.
+port=$(free_port)
+start serve "$port" "" serve --config /etc/mmserve/mmserve.yaml
+curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && echo "ok   serve: /healthz"
+curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^model_inference_seconds_bucket\|^# TYPE model_inference_seconds' &&
+  echo "ok   serve: /metrics has the seed's metrics"
+log "all checks passed for $image ($runner)"
