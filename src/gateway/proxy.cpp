@@ -43,12 +43,15 @@ bool is_hop_by_hop(bhttp::field known, std::string_view name,
 }
 
 // The tokens of the Connection field, as views into `fields` (which outlive them).
-std::vector<std::string_view> connection_tokens(const bhttp::fields& fields) {
+template <typename Fields> std::vector<std::string_view> connection_tokens(const Fields& fields) {
   std::vector<std::string_view> tokens;
   const auto connection = fields.find(bhttp::field::connection);
   if (connection == fields.end()) return tokens;
-  for (const auto& token : bhttp::token_list(connection->value()))
+  for (const auto& token : bhttp::token_list(connection->value())) {
+    // The usual values name no field (Keep-Alive is hop-by-hop already): no list to allocate.
+    if (beast::iequals(token, "keep-alive") || beast::iequals(token, "close")) continue;
     tokens.emplace_back(token.data(), token.size());
+  }
   return tokens;
 }
 
@@ -97,6 +100,40 @@ std::string upstream_request_head(const http::HttpExchange& exchange, bool chunk
   head += "\r\n";
   return head;
 }
+
+// Bump allocation for one upstream response's header fields, which live
+// exactly as long as one request's parser: each field costs no heap
+// allocation. Past the inline buffer, the heap.
+class FieldArena {
+public:
+  void* allocate(size_t bytes, size_t alignment) {
+    const size_t offset = (used_ + alignment - 1) & ~(alignment - 1);
+    if (offset + bytes <= sizeof(buffer_)) {
+      used_ = offset + bytes;
+      return buffer_ + offset;
+    }
+    return ::operator new(bytes);
+  }
+  void deallocate(void* pointer) {
+    const auto* byte = static_cast<const char*>(pointer);
+    if (byte >= buffer_ && byte < buffer_ + sizeof(buffer_)) return;
+    ::operator delete(pointer);
+  }
+
+private:
+  alignas(std::max_align_t) char buffer_[4096];
+  size_t used_ = 0;
+};
+
+template <typename T> struct FieldArenaAllocator {
+  using value_type = T;
+  explicit FieldArenaAllocator(FieldArena& arena) : arena(&arena) {}
+  template <typename U> FieldArenaAllocator(const FieldArenaAllocator<U>& other) : arena(other.arena) {}
+  T* allocate(size_t count) { return static_cast<T*>(arena->allocate(count * sizeof(T), alignof(T))); }
+  void deallocate(T* pointer, size_t) { arena->deallocate(pointer); }
+  template <typename U> bool operator==(const FieldArenaAllocator<U>& other) const { return arena == other.arena; }
+  FieldArena* arena;
+};
 
 class UpstreamFailure : public std::runtime_error {
 public:
@@ -204,7 +241,10 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
   }
 
   // The response head, within the read timeout; a client that leaves meanwhile cancels it.
-  bhttp::response_parser<bhttp::buffer_body> parser;
+  // Declared before the parser, so it outlives it (the connection may be gone first).
+  FieldArena response_fields;
+  bhttp::response_parser<bhttp::buffer_body, FieldArenaAllocator<char>> parser(
+      std::piecewise_construct, std::make_tuple(), std::make_tuple(FieldArenaAllocator<char>(response_fields)));
   parser.body_limit(std::numeric_limits<uint64_t>::max());
   parser.header_limit(64 * 1024);
   if (exchange.method() == bhttp::verb::head) parser.skip(true);
