@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs a built mmserve image the way the seed's pods do (one role each, the
-# seed's environment variables, models under /models, as the image's
-# non-root user) and checks each service answers for real: vision chat with a
+# Runs a built mmserve image the way the manifests' pods do (one role each,
+# the seed's environment variables, as the image's non-root user, the root
+# file system read-only with /models, /tmp and /outputs writable) and checks each service answers for real: vision chat with a
 # JPEG (llama.cpp + libvips), a transcription of an MP3 (whisper + FFmpeg), a
 # generated PNG (the diffusion engine), and the default `serve` command's
-# probes and metrics. The models are the test suite's small ones.
+# probes and metrics. The models are the test suite's generated small ones
+# (build/test-models: deterministic random weights, so the checks are of the
+# plumbing and the libraries in the image, not of answers).
 #
 #   bash deploy/docker/smoke-test.sh [IMAGE] [--runner podman|chroot] [--tool podman|docker]
 #
@@ -29,11 +31,11 @@ tool="$(container_tool "$tool")"
 [[ -n "$image" ]] || image="mmserve:$(sed -n 's/^project(mmserve VERSION \([0-9.]*\).*/\1/p' "$ROOT/CMakeLists.txt")"
 [[ "$runner" != chroot || "$tool" == podman ]] || { echo "--runner chroot needs podman (image mount)" >&2; exit 2; }
 
-SHARED="${MMSERVE_TEST_MODELS:-$ROOT/../shared/models}"
 MEDIA="${MMSERVE_TEST_MEDIA:-$ROOT/../shared/media}"
 GENERATED="${MMSERVE_TEST_GENERATED:-$ROOT/build/test-models}"
-for needed in "$SHARED/for-tests-ggml-tiny.en.bin" "$MEDIA/jfk.mp3" "$MEDIA/newspaper-moon.jpeg" \
-  "$GENERATED/tiny-llama-random.gguf" "$GENERATED/mmproj-stories260K-random.gguf" "$GENERATED/tiny-sd"; do
+for needed in "$MEDIA/jfk.mp3" "$MEDIA/newspaper-moon.jpeg" \
+  "$GENERATED/tiny-llama-random.gguf" "$GENERATED/mmproj-stories260K-random.gguf" "$GENERATED/tiny-sd" \
+  "$GENERATED/tiny-whisper-random.en.bin"; do
   [[ -e "$needed" ]] || { echo "smoke test needs $needed (the test models: make build)" >&2; exit 2; }
 done
 
@@ -47,20 +49,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The models volume, as docs/deploy.md lays it out: one folder per model.
+# The models volume, as docs/deploy.md lays it out: one folder or file per model.
 mkdir -p "$WORK/models/tiny-vlm"
 cp "$GENERATED/tiny-llama-random.gguf" "$GENERATED/mmproj-stories260K-random.gguf" "$WORK/models/tiny-vlm/"
-cp "$SHARED/for-tests-ggml-tiny.en.bin" "$WORK/models/"
+cp "$GENERATED/tiny-whisper-random.en.bin" "$WORK/models/"
 cp -r "$GENERATED/tiny-sd" "$WORK/models/tiny-sd"
-chmod -R a+rX "$WORK"
+chmod a+rx "$WORK"
 
 user="$("$tool" image inspect --format '{{.Config.User}}' "$image")"
+chown -R "$user" "$WORK/models" # the pods' model volume is theirs to write (converted weights go to /models/cache)
 mapfile -t image_env < <("$tool" image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" | sed '/^$/d')
 [[ "$runner" != chroot ]] || rootfs="$("$tool" image mount "$image")"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start NAME PORT "ENV=V ..." ARGS...: the image's entrypoint with ARGS, host network, /models read-only.
+# start NAME PORT "ENV=V ..." ARGS...: the image's entrypoint with ARGS, host network.
 start() {
   local name="$1" port="$2" env_list="$3"
   shift 3
@@ -68,20 +71,20 @@ start() {
   read -r -a env_pairs <<<"$env_list"
   for entry in "${env_pairs[@]}"; do env_args+=(-e "$entry"); done
   if [[ "$runner" == podman ]]; then
-    "$tool" run -d --rm --name "mmserve-smoke-$name" --network host -v "$WORK/models:/models:ro" \
+    "$tool" run -d --rm --name "mmserve-smoke-$name" --network host --read-only -v "$WORK/models:/models" \
+      --tmpfs /tmp --tmpfs /outputs \
       "${env_args[@]}" "$image" "$@" --host 127.0.0.1 --port "$port" >/dev/null
     RUNNING+=("podman:mmserve-smoke-$name")
   else
-    mkdir -p "$WORK/$name/tmp" "$WORK/$name/home" "$WORK/$name/outputs"
+    mkdir -p "$WORK/$name/tmp" "$WORK/$name/outputs"
     chown -R "$user" "$WORK/$name"
-    # Private mounts: the models read-only, writable /tmp, home and outputs, /proc and /dev.
+    # Private mounts over the image's read-only file system: /models, /tmp and /outputs writable, /proc and /dev.
     unshare --mount --pid --fork --kill-child bash -c '
       set -e; root="$1"; work="$2"; models="$3"; shift 3
       mount --make-rprivate /
       mount --bind "$work/tmp" "$root/tmp"
-      mount --bind "$work/home" "$root/home/mmserve"
       mount --bind "$work/outputs" "$root/outputs"
-      mount --bind -o ro "$models" "$root/models"
+      mount --bind "$models" "$root/models"
       mount -t proc proc "$root/proc"
       mount --rbind /dev "$root/dev"
       exec "$@"' _ "$rootfs" "$WORK/$name" "$WORK/models" \
@@ -91,10 +94,10 @@ start() {
     RUNNING+=("pid:$!")
   fi
   local deadline=$((SECONDS + 120))
-  until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do
+  until curl -sf -o /dev/null "http://127.0.0.1:$port${probe:-/readyz}"; do
     if ((SECONDS > deadline)); then
-      log "$name: not ready within 120 s"
-      [[ "$runner" == podman ]] && "$tool" logs "mmserve-smoke-$name" >&2 || tail -30 "$WORK/$name.log" >&2
+      log "$name: not ready within 120 s: $(curl -s "http://127.0.0.1:$port/readyz")"
+      [[ "$runner" == podman ]] && "$tool" logs "mmserve-smoke-$name" >&2 || grep -v 'path=/readyz' "$WORK/$name.log" | tail -30 >&2
       exit 1
     fi
     sleep 0.5
@@ -104,7 +107,8 @@ start() {
 stop_container() {
   case "$1" in
     podman:*) "$tool" stop -t 10 "${1#podman:}" >/dev/null 2>&1 || true ;;
-    pid:*) kill "${1#pid:}" 2>/dev/null || true; wait "${1#pid:}" 2>/dev/null || true ;;
+    # unshare ignores SIGTERM while its child runs: the server (its child) drains and exits.
+    pid:*) pkill -TERM -P "${1#pid:}" 2>/dev/null || true; wait "${1#pid:}" 2>/dev/null || true ;;
   esac
 }
 check() { # DESCRIPTION PYTHON-EXPRESSION-ON-r (the parsed JSON) < response
@@ -123,7 +127,7 @@ curl -sf -H 'content-type: application/json' --data-binary @"$WORK/chat.json" "h
 
 # whisper-service: MODEL_SIZE, DEVICE, COMPUTE_TYPE as the seed sets them; the model file from /models.
 port=$(free_port)
-start speech "$port" "MODEL_PATH=/models/for-tests-ggml-tiny.en.bin DEVICE=cpu COMPUTE_TYPE=float32" speech
+start speech "$port" "MODEL_PATH=/models/tiny-whisper-random.en.bin DEVICE=cpu COMPUTE_TYPE=float32" speech
 curl -sf -F model=whisper-1 -F file=@"$MEDIA/jfk.mp3" -F response_format=verbose_json \
   "http://127.0.0.1:$port/v1/audio/transcriptions" |
   check "speech: an MP3 transcribed (FFmpeg decoding, whisper)" 'r["duration"]>10 and "text" in r'
@@ -136,10 +140,16 @@ curl -sf -H 'content-type: application/json' \
   "http://127.0.0.1:$port/v1/images/generations" |
   check "image: a generated PNG" '__import__("base64").b64decode(r["data"][0]["b64_json"])[:8]==b"\x89PNG\r\n\x1a\n"'
 
-# The default command (serve, the shipped config) with no models: probes and the seed's metrics.
+# The default command (serve, the shipped config) with no models: alive, not
+# ready (503 naming what is missing), and the seed's metrics.
 port=$(free_port)
-start serve "$port" "" serve --config /etc/mmserve/mmserve.yaml
-curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && echo "ok   serve: /healthz"
-curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^model_inference_seconds_bucket\|^# TYPE model_inference_seconds' &&
-  echo "ok   serve: /metrics has the seed's metrics"
+probe=/healthz start serve "$port" "" serve --config /etc/mmserve/mmserve.yaml
+echo "ok   serve: /healthz"
+curl -s "http://127.0.0.1:$port/readyz" |
+  check "serve: /readyz says not ready and names the missing models" 'r["status"]=="not_ready" and len(r["reasons"])==3'
+curl -sf "http://127.0.0.1:$port/metrics" >"$WORK/metrics.txt"
+for metric in image_processing_seconds image_size_bytes model_inference_seconds tokens_generated_total images_generated_total; do
+  grep -q "^# TYPE $metric " "$WORK/metrics.txt" || { echo "FAIL serve: /metrics lacks $metric"; exit 1; }
+done
+echo "ok   serve: /metrics has the seed's metrics"
 log "all checks passed for $image ($runner)"
