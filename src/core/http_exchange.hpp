@@ -122,8 +122,7 @@ public:
 
   // True once the client has closed its side: long jobs stop early.
   bool peer_closed();
-  class HangupWatch;
-  friend class HangupWatch;
+  class HangupWatch; // below: nested, so it reaches the exchange's socket and sweeper
 
   bool response_started() const { return response_started_; }
   bool response_finished() const { return response_finished_; }

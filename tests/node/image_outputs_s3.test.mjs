@@ -5,15 +5,14 @@
 // presigning itself is checked against AWS's vectors in sigv4_test). A
 // bucket that fails refuses url requests with a clear 502 while b64_json
 // still answers.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
-import { freePort, spawnMmserve, startS3rver, waitReadyOrExit } from './support.mjs';
+import { freePort, useS3Bucket } from './support.mjs';
 
 const binary = process.env.MMSERVE_BIN;
 const tinySd = process.env.MMSERVE_TEST_TINY_SD || '';
@@ -21,49 +20,28 @@ const skip = (!binary && 'MMSERVE_BIN is not set') ||
   ((!tinySd || !existsSync(path.join(tinySd, 'model_index.json'))) && `the tiny SD model is absent, skipping: ${tinySd}`);
 
 const BUCKET = 'mmserve-outputs';
-let dir;
-let s3rver;
-let endpoint;
-let sdk;
-const children = [];
+const bucket = useS3Bucket({ bucket: BUCKET, binary, folderPrefix: 'mmserve-outputs-', skip });
 
-before(async () => {
-  if (skip) return;
-  dir = mkdtempSync(path.join(tmpdir(), 'mmserve-outputs-'));
-  ({ server: s3rver, endpoint, sdk } = await startS3rver(path.join(dir, 'data'), BUCKET));
-});
-
-after(async () => {
-  for (const child of children) child.kill('SIGKILL');
-  await s3rver?.close();
-});
-
-async function start(bucketEndpoint) {
-  const port = await freePort();
-  const file = path.join(mkdtempSync(path.join(dir, 'server-')), 'mmserve.yaml');
-  writeFileSync(file, `server: {port: ${port}}\nimage: {model_path: ${tinySd}, threads: 2}\n` +
-    `storage:\n  s3: {endpoint: '${bucketEndpoint}', bucket: ${BUCKET}, region: us-east-1, access_key_id: S3RVER, secret_access_key: S3RVER, timeout: 5s}\n` +
-    `  outputs: {backend: s3, key_prefix: generated/, presign_expiry: 10m}\n`);
-  const server = spawnMmserve(binary, 'image', file);
-  children.push(server.child);
-  const base = `http://127.0.0.1:${port}`;
-  await waitReadyOrExit(base, server);
-  return { base, child: server.child, log: server.log };
+function start(bucketEndpoint) {
+  return bucket.start('image', bucketEndpoint, {
+    config: () => `image: {model_path: ${tinySd}, threads: 2}\n`,
+    storage: '  outputs: {backend: s3, key_prefix: generated/, presign_expiry: 10m}\n',
+  });
 }
 
 async function objectBytes(key) {
-  const object = await sdk.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+  const object = await bucket.sdk.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
   return Buffer.from(await object.Body.transformToByteArray());
 }
 
 const request = { prompt: 'a harbour at night', size: '64x64', steps: 3, seed: 21 };
 
 test('url answers a presigned GET of the object the bucket holds; b64_json is stored too', { skip }, async () => {
-  const { base } = await start(endpoint);
+  const { base } = await start(bucket.endpoint);
   const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused' });
   const byUrl = await client.images.generate({ ...request, response_format: 'url' });
   const url = new URL(byUrl.data[0].url);
-  assert.equal(url.origin, endpoint);
+  assert.equal(url.origin, bucket.endpoint);
   assert.match(url.pathname, new RegExp(`^/${BUCKET}/generated/[0-9a-f]{64}\\.png$`));
   assert.ok(url.searchParams.get('X-Amz-Signature'), 'a presigned URL');
   assert.equal(url.searchParams.get('X-Amz-Expires'), '600');

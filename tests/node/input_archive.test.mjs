@@ -1,14 +1,13 @@
 // storage.inputs: the images and audio files clients upload are kept in an
 // S3-compatible bucket (s3rver), once each, named by SHA-256, and read back
 // with the official AWS SDK; a bucket that fails does not fail requests.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { freePort, spawnMmserve, startS3rver, waitReadyOrExit } from './support.mjs';
+import { freePort, useS3Bucket } from './support.mjs';
 
 const binary = process.env.MMSERVE_BIN;
 const modelsDir = process.env.MMSERVE_TEST_MODELS || path.resolve(process.env.MMSERVE_SOURCE_DIR || '.', '../shared/models');
@@ -21,36 +20,15 @@ const absent = [stories, mmproj, whisper, photo, speech].filter((file) => !file 
 const skip = (!binary && 'MMSERVE_BIN is not set') || (absent.length > 0 && `test files absent, skipping: ${absent.join(', ')}`);
 
 const BUCKET = 'mmserve-inputs';
-let dir;
-let s3rver;
-let endpoint;
-let sdk;
-const children = [];
+const bucket = useS3Bucket({ bucket: BUCKET, binary, folderPrefix: 'mmserve-inputs-', skip });
 
-before(async () => {
-  if (skip) return;
-  dir = mkdtempSync(path.join(tmpdir(), 'mmserve-inputs-'));
-  ({ server: s3rver, endpoint, sdk } = await startS3rver(path.join(dir, 'data'), BUCKET));
-});
-
-after(async () => {
-  for (const child of children) child.kill('SIGKILL');
-  await s3rver?.close();
-});
-
-async function start(bucketEndpoint) {
-  const port = await freePort();
-  const file = path.join(mkdtempSync(path.join(dir, 'server-')), 'mmserve.yaml');
-  writeFileSync(file, `server: {port: ${port}}\nimage: {enabled: false}\n` +
-    `vision: {model_path: ${stories}, mmproj_path: ${mmproj}, max_model_len: 1024}\nspeech: {model_path: ${whisper}}\n` +
-    `media: {storage: {temp_dir: ${path.join(path.dirname(file), 'media')}}}\n` +
-    `storage:\n  s3: {endpoint: '${bucketEndpoint}', bucket: ${BUCKET}, region: us-east-1, access_key_id: S3RVER, secret_access_key: S3RVER, timeout: 5s}\n` +
-    `  inputs: {backend: s3, key_prefix: uploads/}\n`);
-  const server = spawnMmserve(binary, 'serve', file);
-  children.push(server.child);
-  const base = `http://127.0.0.1:${port}`;
-  await waitReadyOrExit(base, server);
-  return { base, child: server.child, log: server.log };
+function start(bucketEndpoint) {
+  return bucket.start('serve', bucketEndpoint, {
+    config: (folder) => 'image: {enabled: false}\n' +
+      `vision: {model_path: ${stories}, mmproj_path: ${mmproj}, max_model_len: 1024}\nspeech: {model_path: ${whisper}}\n` +
+      `media: {storage: {temp_dir: ${path.join(folder, 'media')}}}\n`,
+    storage: '  inputs: {backend: s3, key_prefix: uploads/}\n',
+  });
 }
 
 async function metric(base, labels) {
@@ -89,12 +67,12 @@ async function transcribe(base, bytes, name) {
 }
 
 async function objectBytes(key) {
-  const object = await sdk.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
+  const object = await bucket.sdk.send(new GetObjectCommand({ Bucket: BUCKET, Key: key }));
   return Buffer.from(await object.Body.transformToByteArray());
 }
 
 test('uploaded images and audio are kept once each, under their SHA-256', { skip }, async () => {
-  const server = await start(endpoint);
+  const server = await start(bucket.endpoint);
   const jpeg = readFileSync(photo);
   const mp3 = readFileSync(speech);
   assert.equal(await chatWithImage(server.base, jpeg), 200);
@@ -109,7 +87,7 @@ test('uploaded images and audio are kept once each, under their SHA-256', { skip
   // The same audio again: not uploaded a second time.
   assert.equal(await transcribe(server.base, mp3, 'again.mp3'), 200);
   await waitFor(async () => (await metric(server.base, { service: 'speech', result: 'known' })) === 1, 'the repeat');
-  const listed = await sdk.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'uploads/' }));
+  const listed = await bucket.sdk.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: 'uploads/' }));
   assert.equal(listed.KeyCount, 2);
   assert.equal(await metric(server.base, { service: 'speech', result: 'stored' }), 1);
   server.child.kill('SIGTERM');

@@ -1,6 +1,10 @@
 // Helpers shared by the node end-to-end tests.
 import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before } from 'node:test';
 
 // A loopback TCP port nobody listens on right now.
 export function freePort() {
@@ -57,4 +61,39 @@ export async function startS3rver(directory, bucket) {
     credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
     requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
   return { server, endpoint, sdk };
+}
+
+// A test file's s3rver bucket, started before its tests and closed after
+// them, and the mmserve processes its tests start against a bucket (killed
+// after). With `skip` set nothing starts. `start(role, bucketEndpoint,
+// { config, storage })` writes a config in a fresh folder: the port,
+// `config(folder)`, then storage.s3 for the bucket and the `storage` lines
+// under it; it resolves once mmserve is ready.
+export function useS3Bucket({ bucket, binary, folderPrefix, skip }) {
+  const state = { dir: '', endpoint: '', sdk: null };
+  let server;
+  const children = [];
+  before(async () => {
+    if (skip) return;
+    state.dir = mkdtempSync(path.join(tmpdir(), folderPrefix));
+    ({ server, endpoint: state.endpoint, sdk: state.sdk } = await startS3rver(path.join(state.dir, 'data'), bucket));
+  });
+  after(async () => {
+    for (const child of children) child.kill('SIGKILL');
+    await server?.close();
+  });
+  state.start = async (role, bucketEndpoint, { config, storage }) => {
+    const port = await freePort();
+    const folder = mkdtempSync(path.join(state.dir, 'server-'));
+    const file = path.join(folder, 'mmserve.yaml');
+    writeFileSync(file, `server: {port: ${port}}\n${config(folder)}` +
+      `storage:\n  s3: {endpoint: '${bucketEndpoint}', bucket: ${bucket}, region: us-east-1, access_key_id: S3RVER, secret_access_key: S3RVER, timeout: 5s}\n` +
+      storage);
+    const spawned = spawnMmserve(binary, role, file);
+    children.push(spawned.child);
+    const base = `http://127.0.0.1:${port}`;
+    await waitReadyOrExit(base, spawned);
+    return { base, child: spawned.child, log: spawned.log };
+  };
+  return state;
 }
