@@ -12,6 +12,7 @@ nlohmann::json model_object(const ModelStatus& model) {
   if (model.state == ModelState::loading) object["progress"] = model.progress;
   if (!model.detail.empty()) object["detail"] = model.detail;
   if (model.memory_bytes > 0) object["memory_bytes"] = model.memory_bytes;
+  if (!model.gpu_memory_bytes.empty()) object["gpu_memory_bytes"] = model.gpu_memory_bytes;
   if (model.state == ModelState::available && model.on_demand) object["loads_on_demand"] = true;
   return object;
 }

@@ -1,5 +1,6 @@
 #include "app/model_memory.hpp"
 
+#include "ggml-backend.h"
 #include "gguf.h"
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <numeric>
 
 namespace mmserve {
 namespace {
@@ -38,12 +40,75 @@ uint64_t gguf_uint(const gguf_context* ctx, const std::string& key, uint64_t fal
   }
 }
 
+// The bytes of one tensor in a GGUF file (0 when absent).
+uint64_t gguf_tensor_bytes(const gguf_context* ctx, const char* name) {
+  const int64_t id = gguf_find_tensor(ctx, name);
+  return id < 0 ? 0 : gguf_get_tensor_size(ctx, id);
+}
+
+// `bytes` spread over GPUs by `shares` (summing to 1), added to `out`.
+void add_by_shares(std::vector<uint64_t>& out, const std::vector<double>& shares, uint64_t bytes) {
+  for (size_t gpu = 0; gpu < shares.size(); ++gpu)
+    out[gpu] += static_cast<uint64_t>(static_cast<double>(bytes) * shares[gpu] + 0.5);
+}
+
+// How llama.cpp spreads layers over the GPUs it is given: by tensor_split
+// when set, else by each GPU's free memory (equally when none is known).
+std::vector<double> vision_gpu_shares(const VisionConfig& config, const std::vector<GpuInfo>& gpus) {
+  const size_t used =
+      config.gpu_count > 0 ? std::min<size_t>(gpus.size(), static_cast<size_t>(config.gpu_count)) : gpus.size();
+  std::vector<double> shares(used, 0.0);
+  for (size_t gpu = 0; gpu < used; ++gpu) {
+    if (!config.tensor_split.empty()) {
+      shares[gpu] = gpu < config.tensor_split.size() ? std::max(0.0, config.tensor_split[gpu]) : 0.0;
+    } else {
+      shares[gpu] = static_cast<double>(gpus[gpu].free_bytes);
+    }
+  }
+  const double total = std::accumulate(shares.begin(), shares.end(), 0.0);
+  for (double& share : shares)
+    share = total > 0 ? share / total : 1.0 / static_cast<double>(used);
+  return shares;
+}
+
 } // namespace
 
-uint64_t estimate_vision_memory(const std::string& model_path, const std::string& mmproj_path,
-                                const VisionConfig& config) {
-  const uint64_t weights = file_size_or_zero(model_path) + file_size_or_zero(mmproj_path);
+std::vector<GpuInfo> detect_gpus() {
+  std::vector<GpuInfo> gpus;
+  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+    ggml_backend_dev_t device = ggml_backend_dev_get(i);
+    if (ggml_backend_dev_type(device) != GGML_BACKEND_DEVICE_TYPE_GPU) continue;
+    GpuInfo gpu;
+    gpu.name = ggml_backend_dev_name(device);
+    size_t free = 0, total = 0;
+    ggml_backend_dev_memory(device, &free, &total);
+    gpu.free_bytes = free;
+    gpu.total_bytes = total;
+    gpus.push_back(std::move(gpu));
+  }
+  return gpus;
+}
+
+std::vector<uint64_t> gpu_budgets(const RegistryConfig& config, const std::vector<GpuInfo>& gpus) {
+  std::vector<uint64_t> budgets;
+  for (size_t gpu = 0; gpu < gpus.size(); ++gpu) {
+    if (config.gpu_memory_budget_each && !config.gpu_memory_budget.empty()) {
+      budgets.push_back(config.gpu_memory_budget.front());
+    } else if (gpu < config.gpu_memory_budget.size()) {
+      budgets.push_back(config.gpu_memory_budget[gpu]);
+    } else {
+      budgets.push_back(gpus[gpu].total_bytes / 10 * 9);
+    }
+  }
+  return budgets;
+}
+
+MemoryEstimate estimate_vision_memory(const std::string& model_path, const std::string& mmproj_path,
+                                      const VisionConfig& config, const std::vector<GpuInfo>& gpus) {
+  const uint64_t model_weights = file_size_or_zero(model_path);
+  const uint64_t projector = file_size_or_zero(mmproj_path);
   uint64_t kv_cache = 0;
+  uint64_t input_embeddings = 0;
   gguf_init_params params{};
   params.no_alloc = true;
   params.ctx = nullptr;
@@ -59,13 +124,27 @@ uint64_t estimate_vision_memory(const std::string& model_path, const std::string
     const uint64_t per_slot = std::min<uint64_t>(static_cast<uint64_t>(config.max_model_len), trained);
     const uint64_t tokens = per_slot * static_cast<uint64_t>(config.parallel);
     kv_cache = 2 /* K and V */ * layers * tokens * (embd * kv_heads / heads) * 2 /* f16 */;
+    input_embeddings = std::min(model_weights, gguf_tensor_bytes(ctx.get(), "token_embd.weight"));
   }
+  const uint64_t weights = model_weights + projector;
   const uint64_t compute = weights / 10 + (32ull << 20);
   const uint64_t image_cache = mmproj_path.empty() ? 0 : config.image_cache_bytes;
-  return weights + kv_cache + compute + image_cache;
+  MemoryEstimate estimate;
+  const auto shares = vision_gpu_shares(config, gpus);
+  if (shares.empty()) {
+    estimate.host_bytes = weights + kv_cache + compute + image_cache;
+    return estimate;
+  }
+  estimate.gpu_bytes.assign(gpus.size(), 0);
+  add_by_shares(estimate.gpu_bytes, shares, model_weights - input_embeddings + kv_cache + compute);
+  estimate.gpu_bytes[0] += projector;
+  // The input layer runs on the CPU; its small compute buffer rides on the 32 MiB.
+  estimate.host_bytes = input_embeddings + image_cache + (32ull << 20);
+  return estimate;
 }
 
-uint64_t estimate_speech_memory(const std::string& model_path, const SpeechConfig& config) {
+MemoryEstimate estimate_speech_memory(const std::string& model_path, const SpeechConfig& config,
+                                      const std::vector<GpuInfo>& gpus) {
   const uint64_t weights = file_size_or_zero(model_path);
   // whisper.cpp's file: magic, then n_vocab, n_audio_ctx, n_audio_state,
   // n_audio_head, n_audio_layer, n_text_ctx, n_text_state, n_text_head,
@@ -84,10 +163,20 @@ uint64_t estimate_speech_memory(const std::string& model_path, const SpeechConfi
     const uint64_t buffers = 32 * audio_ctx * audio_state * 4 + (16ull << 20);
     per_state = kv_self + kv_cross + buffers;
   }
-  return weights + static_cast<uint64_t>(std::max(1, config.parallel)) * per_state;
+  const uint64_t total = weights + static_cast<uint64_t>(std::max(1, config.parallel)) * per_state;
+  MemoryEstimate estimate;
+  if (config.device == "cpu" || gpus.empty()) {
+    estimate.host_bytes = total;
+  } else {
+    // whisper.cpp's gpu_device 0; the log-mel spectrogram and the decoders' logits stay on the host.
+    estimate.gpu_bytes = {total};
+    estimate.host_bytes = static_cast<uint64_t>(std::max(1, config.parallel)) * (16ull << 20) + (32ull << 20);
+  }
+  return estimate;
 }
 
-uint64_t estimate_image_memory(const std::string& model_path) {
+MemoryEstimate estimate_image_memory(const std::string& model_path, const ImageConfig& config,
+                                     const std::vector<GpuInfo>& gpus) {
   namespace fs = std::filesystem;
   uint64_t weights = 0;
   std::error_code ec;
@@ -98,7 +187,14 @@ uint64_t estimate_image_memory(const std::string& model_path) {
   } else {
     weights = file_size_or_zero(model_path);
   }
-  return weights + weights / 5;
+  MemoryEstimate estimate;
+  if (config.device == "cpu" || gpus.empty()) {
+    estimate.host_bytes = weights + weights / 5;
+  } else {
+    estimate.gpu_bytes = {weights + weights / 5};
+    estimate.host_bytes = weights / 5 + (64ull << 20);
+  }
+  return estimate;
 }
 
 } // namespace mmserve

@@ -68,6 +68,20 @@ EngineLoader vision_loader(const VisionModelFiles& files, const std::string& id,
   };
 }
 
+// The GPUs, found once: ggml's device list does not change while running.
+const std::vector<GpuInfo>& process_gpus() {
+  static const std::vector<GpuInfo> gpus = [] {
+    vlm::init_engine_backend();
+    return detect_gpus();
+  }();
+  return gpus;
+}
+
+void set_memory_estimate(RegisteredModel& model, const MemoryEstimate& estimate) {
+  model.memory_bytes = estimate.host_bytes;
+  model.gpu_memory_bytes = estimate.gpu_bytes;
+}
+
 void add_vision_model(ModelRegistry& registry, const VisionConfig& vision, const Config& config, ServerMetrics& metrics,
                       bool preload) {
   VisionModelFiles files;
@@ -75,7 +89,7 @@ void add_vision_model(ModelRegistry& registry, const VisionConfig& vision, const
   model.status = discover_vision_model(vision, &files);
   model.preload = preload;
   if (model.status.state == ModelState::available) {
-    model.memory_bytes = estimate_vision_memory(files.model, files.mmproj, config.vision);
+    set_memory_estimate(model, estimate_vision_memory(files.model, files.mmproj, vision, process_gpus()));
     model.loader = vision_loader(files, model.status.id, config, metrics);
   }
   registry.add(std::move(model));
@@ -124,7 +138,7 @@ void add_speech_model(ModelRegistry& registry, const SpeechConfig& speech, const
   if (!name.empty()) model.status.id = name;
   model.preload = preload;
   if (model.status.state == ModelState::available) {
-    model.memory_bytes = estimate_speech_memory(model.status.path, config.speech);
+    set_memory_estimate(model, estimate_speech_memory(model.status.path, speech, process_gpus()));
     model.loader = speech_loader(model.status.path, model.status.id, config, metrics);
   }
   registry.add(std::move(model));
@@ -165,7 +179,7 @@ void add_image_model(ModelRegistry& registry, const ImageConfig& image, const st
   if (!name.empty()) model.status.id = name;
   model.preload = preload;
   if (model.status.state == ModelState::available) {
-    model.memory_bytes = estimate_image_memory(model.status.path);
+    set_memory_estimate(model, estimate_image_memory(model.status.path, image, process_gpus()));
     model.loader = image_loader(model.status.path, model.status.id, config, metrics, shared);
   }
   registry.add(std::move(model));
@@ -256,7 +270,18 @@ int run_role(Role role, const Config& config) {
   const bool image = runs(role, Role::image, config.image.enabled);
   // Reset by hand after the server stops: engines post their last events to its io_context.
   std::optional<ModelRegistry> registry;
-  registry.emplace(board, metrics, config.registry.memory_budget, config.registry.idle_unload_s);
+  std::vector<uint64_t> gpu_memory_budgets;
+  if (vision || speech || image) {
+    gpu_memory_budgets = gpu_budgets(config.registry, process_gpus());
+    for (size_t gpu = 0; gpu < gpu_memory_budgets.size(); ++gpu) {
+      const auto& info = process_gpus()[gpu];
+      spdlog::info("GPU {} ({}): {:.0f} MiB, {:.0f} MiB free; models may use {:.0f} MiB", gpu, info.name,
+                   static_cast<double>(info.total_bytes) / (1 << 20), static_cast<double>(info.free_bytes) / (1 << 20),
+                   static_cast<double>(gpu_memory_budgets[gpu]) / (1 << 20));
+    }
+  }
+  registry.emplace(board, metrics, config.registry.memory_budget, config.registry.idle_unload_s,
+                   std::move(gpu_memory_budgets));
   if (vision) register_models(*registry, "vision", config, metrics);
   if (speech) register_models(*registry, "speech", config, metrics);
   ImageShared image_shared;

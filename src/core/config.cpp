@@ -151,6 +151,9 @@ public:
     return names;
   }
   // The raw text of a plain value, for keys with a word besides their type ("auto").
+  bool holds_list(const std::string& key) const {
+    return node_ && node_.IsMap() && node_[key] && node_[key].IsSequence();
+  }
   std::optional<std::string> scalar_text(const std::string& key) {
     if (auto child = scalar(key)) return child->Scalar();
     return std::nullopt;
@@ -372,6 +375,24 @@ void read_registry(Section& s, RegistryConfig& c) {
     c.memory_budget = 0;
   } else {
     s.read_bytes("memory_budget", c.memory_budget, 1);
+  }
+  if (s.holds_list("gpu_memory_budget")) {
+    s.read_list<uint64_t>(
+        "gpu_memory_budget", c.gpu_memory_budget,
+        [](const std::string& text) -> std::optional<uint64_t> {
+          auto value = parse_byte_size(text);
+          return value && *value > 0 ? value : std::nullopt;
+        },
+        "sizes, one per GPU, e.g. [20Gi, 20Gi]");
+    c.gpu_memory_budget_each = false;
+  } else if (auto child = s.scalar_text("gpu_memory_budget"); child && *child == "auto") {
+    c.gpu_memory_budget.clear();
+    c.gpu_memory_budget_each = false;
+  } else if (child) {
+    uint64_t each = 0;
+    s.read_bytes("gpu_memory_budget", each, 1);
+    c.gpu_memory_budget = {each};
+    c.gpu_memory_budget_each = true;
   }
   s.read_seconds("idle_unload", c.idle_unload_s, 0);
   c.admin_api_keys = read_api_keys(s.section_list("admin_api_keys"));
@@ -991,6 +1012,13 @@ std::string dump_config(const Config& c) {
     out << YAML::Key << "memory_budget" << YAML::Value << "auto";
   } else {
     out << YAML::Key << "memory_budget" << YAML::Value << c.registry.memory_budget;
+  }
+  if (c.registry.gpu_memory_budget.empty()) {
+    out << YAML::Key << "gpu_memory_budget" << YAML::Value << "auto";
+  } else if (c.registry.gpu_memory_budget_each) {
+    out << YAML::Key << "gpu_memory_budget" << YAML::Value << c.registry.gpu_memory_budget.front();
+  } else {
+    out << YAML::Key << "gpu_memory_budget" << YAML::Value << YAML::Flow << c.registry.gpu_memory_budget;
   }
   out << YAML::Key << "idle_unload" << YAML::Value << c.registry.idle_unload_s;
   out << YAML::Key << "admin_api_keys" << YAML::Value << YAML::BeginSeq;

@@ -205,7 +205,12 @@ struct RegistryModel {
 };
 
 struct RegistryConfig {
-  uint64_t memory_budget = 0;                // bytes for all loaded models; 0: auto (90% of the cgroup limit or of RAM)
+  uint64_t memory_budget = 0; // bytes for all loaded models; 0: auto (90% of the cgroup limit or of RAM)
+  // Per GPU (ggml's order), for the models placed there. Empty: auto (90% of
+  // each GPU's memory); a list names GPUs in order (later ones: auto); a
+  // single size (gpu_memory_budget_each) applies to every GPU.
+  std::vector<uint64_t> gpu_memory_budget;
+  bool gpu_memory_budget_each = false;
   double idle_unload_s = 0;                  // unload a model unused this long; 0: never
   std::vector<GatewayApiKey> admin_api_keys; // may load/unload; none: loopback clients only
   bool include_store = true;                 // models pulled into models_dir are listed as available

@@ -18,11 +18,12 @@ struct ModelStatus {
   std::string service; // vision, speech, image
   std::string path;    // file or folder on disk, when known
   ModelState state = ModelState::missing;
-  double progress = 0;       // 0..1 while loading
-  std::string detail;        // why it is not loaded and how to fix that
-  int64_t created = 0;       // unix seconds: file time, for OpenAI's "created"
-  uint64_t memory_bytes = 0; // estimated memory while loaded (0: not estimated)
-  bool on_demand = false;    // the model registry loads it when a request names it (available is servable)
+  double progress = 0;                    // 0..1 while loading
+  std::string detail;                     // why it is not loaded and how to fix that
+  int64_t created = 0;                    // unix seconds: file time, for OpenAI's "created"
+  uint64_t memory_bytes = 0;              // estimated memory while loaded (0: not estimated)
+  std::vector<uint64_t> gpu_memory_bytes; // per GPU (ggml's device order); empty: none
+  bool on_demand = false;                 // the model registry loads it when a request names it (available is servable)
 };
 
 class ModelBoard {

@@ -79,11 +79,15 @@ uint64_t ModelRegistry::automatic_budget() {
   return total / 10 * 9;
 }
 
-ModelRegistry::ModelRegistry(ModelBoard& board, ServerMetrics& metrics, uint64_t memory_budget, double idle_unload_s)
+ModelRegistry::ModelRegistry(ModelBoard& board, ServerMetrics& metrics, uint64_t memory_budget, double idle_unload_s,
+                             std::vector<uint64_t> gpu_budgets)
     : board_(board), metrics_(metrics), memory_budget_(memory_budget ? memory_budget : automatic_budget()),
-      idle_unload_s_(idle_unload_s) {
+      gpu_budgets_(std::move(gpu_budgets)), idle_unload_s_(idle_unload_s) {
   metrics_.models_memory_budget_bytes.labels({}).set(static_cast<double>(memory_budget_));
-  metrics_.models_memory_bytes.labels({}).set(0);
+  for (size_t gpu = 0; gpu < gpu_budgets_.size(); ++gpu) {
+    metrics_.models_gpu_memory_budget_bytes.labels({std::to_string(gpu)}).set(static_cast<double>(gpu_budgets_[gpu]));
+  }
+  update_memory_gauge();
   if (idle_unload_s_ > 0) sweeper_ = std::thread([this] { sweep_idle(); });
 }
 
@@ -116,6 +120,7 @@ void ModelRegistry::add(RegisteredModel model) {
     }
   }
   model.status.memory_bytes = model.memory_bytes;
+  model.status.gpu_memory_bytes = model.gpu_memory_bytes;
   model.status.on_demand = static_cast<bool>(model.loader);
   auto& entry = entries_.emplace_back();
   entry.model = std::move(model);
@@ -196,40 +201,66 @@ void ModelRegistry::begin_load(Entry& entry) {
                                             status.detail.empty() ? "" : ": ", status.detail),
                                 30, "model_not_loaded");
   }
-  const uint64_t needed = entry.model.memory_bytes;
-  if (needed > memory_budget_) {
-    throw ApiError(507,
-                   fmt::format("The model '{}' needs about {}, more than the whole memory budget of {} "
-                               "(registry.memory_budget): it can never be loaded here.",
-                               status.id, mib(needed), mib(memory_budget_)),
-                   "server_error", "insufficient_memory");
+  for (size_t pool = 0; pool < pool_count(); ++pool) {
+    const uint64_t needed = pool_need(entry.model, pool);
+    if (needed > pool_budget(pool)) {
+      throw ApiError(507,
+                     fmt::format("The model '{}' needs about {} of {}, more than the whole {} budget of {} ({}): "
+                                 "it can never be loaded here.",
+                                 status.id, mib(needed), pool_name(pool),
+                                 pool == 0 ? std::string("memory") : fmt::format("GPU {}", pool - 1),
+                                 mib(pool_budget(pool)),
+                                 pool == 0 ? "registry.memory_budget" : "registry.gpu_memory_budget"),
+                     "server_error", "insufficient_memory");
+    }
   }
-  // Room: unload idle models, least recently used first. Nothing is
-  // unloaded unless enough can be freed.
-  const uint64_t reserved = reserved_bytes();
+  for (size_t gpu = pool_count() - 1; gpu < entry.model.gpu_memory_bytes.size(); ++gpu) {
+    if (entry.model.gpu_memory_bytes[gpu] == 0) continue;
+    throw ApiError(
+        507, fmt::format("The model '{}' is placed on GPU {}, which this process has no budget for.", status.id, gpu),
+        "server_error", "insufficient_memory");
+  }
+  // Room: unload idle models, least recently used first, skipping those
+  // that free nothing where room is short. Nothing is unloaded unless
+  // enough can be freed everywhere.
+  std::vector<uint64_t> held = reserved_bytes();
+  const auto short_pools = [&] {
+    std::vector<size_t> pools;
+    for (size_t pool = 0; pool < pool_count(); ++pool) {
+      if (held[pool] + pool_need(entry.model, pool) > pool_budget(pool)) pools.push_back(pool);
+    }
+    return pools;
+  };
   std::vector<Entry*> idle;
   for (auto& other : entries_) {
     if (other.model.status.state == ModelState::loaded && other.in_use == 0) idle.push_back(&other);
   }
   std::sort(idle.begin(), idle.end(), [](const Entry* a, const Entry* b) { return a->last_used < b->last_used; });
   std::vector<Entry*> victims;
-  uint64_t freed = 0;
   for (Entry* candidate : idle) {
-    if (reserved - freed + needed <= memory_budget_) break;
+    const auto shorts = short_pools();
+    if (shorts.empty()) break;
+    const bool helps =
+        std::any_of(shorts.begin(), shorts.end(), [&](size_t pool) { return pool_need(candidate->model, pool) > 0; });
+    if (!helps) continue;
     victims.push_back(candidate);
-    freed += candidate->model.memory_bytes;
+    for (size_t pool = 0; pool < pool_count(); ++pool)
+      held[pool] -= pool_need(candidate->model, pool);
   }
-  if (reserved - freed + needed > memory_budget_) {
+  if (const auto shorts = short_pools(); !shorts.empty()) {
+    const size_t pool = shorts.front();
     std::vector<std::string> busy;
     for (const auto& other : entries_) {
       const ModelState state = other.model.status.state;
+      if (pool_need(other.model, pool) == 0) continue;
       if (state == ModelState::loading || (state == ModelState::loaded && other.in_use > 0))
         busy.push_back(other.model.status.id);
     }
     throw ApiError::unavailable(
-        fmt::format("The model '{}' needs about {}, but {} of the {} memory budget is held by models that are "
+        fmt::format("The model '{}' needs about {} of {}, but {} of its {} budget is held by models that are "
                     "serving requests or loading ({}). Retry shortly.",
-                    status.id, mib(needed), mib(reserved - freed), mib(memory_budget_), fmt::join(busy, ", ")),
+                    status.id, mib(pool_need(entry.model, pool)), pool_name(pool), mib(held[pool]),
+                    mib(pool_budget(pool)), fmt::join(busy, ", ")),
         5, "memory_budget_full");
   }
   std::vector<std::shared_ptr<void>> evicted;
@@ -412,17 +443,32 @@ void ModelRegistry::publish(const Entry& entry) {
   board_.publish(entry.model.status);
 }
 
-uint64_t ModelRegistry::reserved_bytes() const {
-  uint64_t reserved = 0;
+uint64_t ModelRegistry::pool_need(const RegisteredModel& model, size_t pool) {
+  if (pool == 0) return model.memory_bytes;
+  return pool - 1 < model.gpu_memory_bytes.size() ? model.gpu_memory_bytes[pool - 1] : 0;
+}
+
+std::string ModelRegistry::pool_name(size_t pool) {
+  return pool == 0 ? std::string("host memory") : fmt::format("GPU {} memory", pool - 1);
+}
+
+std::vector<uint64_t> ModelRegistry::reserved_bytes() const {
+  std::vector<uint64_t> reserved(pool_count(), 0);
   for (const auto& entry : entries_) {
     const ModelState state = entry.model.status.state;
-    if (state == ModelState::loaded || state == ModelState::loading) reserved += entry.model.memory_bytes;
+    if (state != ModelState::loaded && state != ModelState::loading) continue;
+    for (size_t pool = 0; pool < pool_count(); ++pool)
+      reserved[pool] += pool_need(entry.model, pool);
   }
   return reserved;
 }
 
 void ModelRegistry::update_memory_gauge() {
-  metrics_.models_memory_bytes.labels({}).set(static_cast<double>(reserved_bytes()));
+  const auto reserved = reserved_bytes();
+  metrics_.models_memory_bytes.labels({}).set(static_cast<double>(reserved[0]));
+  for (size_t gpu = 0; gpu < gpu_budgets_.size(); ++gpu) {
+    metrics_.models_gpu_memory_bytes.labels({std::to_string(gpu)}).set(static_cast<double>(reserved[gpu + 1]));
+  }
 }
 
 void ModelRegistry::sweep_idle() {

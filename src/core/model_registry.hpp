@@ -1,6 +1,6 @@
 // The models this process can serve, several per service, loaded on first
 // use (or at start) and unloaded when idle, so that every loaded model of
-// every service stays within one memory budget. Requests lease a loaded
+// every service stays within one memory budget (and one per GPU). Requests lease a loaded
 // model; a leased model is never evicted. Engines are type-erased here (the
 // registry knows no engine); each service casts its lease back.
 #pragma once
@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace mmserve {
 
@@ -25,8 +26,9 @@ using LoadProgress = std::function<void(float)>;
 using EngineLoader = std::function<std::shared_ptr<void>(const LoadProgress&)>;
 
 struct RegisteredModel {
-  ModelStatus status;        // id, service, path, created; state available (or missing: cannot load)
-  uint64_t memory_bytes = 0; // estimated memory while loaded
+  ModelStatus status;                     // id, service, path, created; state available (or missing: cannot load)
+  uint64_t memory_bytes = 0;              // estimated host memory while loaded
+  std::vector<uint64_t> gpu_memory_bytes; // estimated memory on each GPU (index: ggml's GPU order)
   EngineLoader loader;
   bool preload = false; // load at start rather than on first use
 };
@@ -59,9 +61,11 @@ private:
 
 class ModelRegistry {
 public:
-  // memory_budget: bytes for every loaded model together; idle_unload_s: a
-  // model unused this long is unloaded (0: never).
-  ModelRegistry(ModelBoard& board, ServerMetrics& metrics, uint64_t memory_budget, double idle_unload_s);
+  // memory_budget: host bytes for every loaded model together (0: automatic);
+  // gpu_budgets: the same per GPU, in ggml's GPU order (a GPU past the list
+  // has no room); idle_unload_s: a model unused this long is unloaded (0: never).
+  ModelRegistry(ModelBoard& board, ServerMetrics& metrics, uint64_t memory_budget, double idle_unload_s,
+                std::vector<uint64_t> gpu_budgets = {});
   ~ModelRegistry(); // waits for loads in progress, then unloads everything
   ModelRegistry(const ModelRegistry&) = delete;
   ModelRegistry& operator=(const ModelRegistry&) = delete;
@@ -119,8 +123,13 @@ private:
   // With mutex_ held: an unloaded entry's engine (to be destroyed outside
   // the lock), its status published and the unload counted.
   std::shared_ptr<void> take_engine(Entry& entry, const char* reason);
-  // With mutex_ held: the estimates of the models loaded or loading.
-  uint64_t reserved_bytes() const;
+  // Memory is accounted in pools: 0 is host memory, 1 + i is GPU i.
+  size_t pool_count() const { return 1 + gpu_budgets_.size(); }
+  uint64_t pool_budget(size_t pool) const { return pool == 0 ? memory_budget_ : gpu_budgets_[pool - 1]; }
+  static uint64_t pool_need(const RegisteredModel& model, size_t pool);
+  static std::string pool_name(size_t pool);
+  // With mutex_ held: the estimates of the models loaded or loading, per pool.
+  std::vector<uint64_t> reserved_bytes() const;
   void publish(const Entry& entry);
   void update_memory_gauge();
   void sweep_idle();
@@ -128,6 +137,7 @@ private:
   ModelBoard& board_;
   ServerMetrics& metrics_;
   const uint64_t memory_budget_;
+  const std::vector<uint64_t> gpu_budgets_;
   const double idle_unload_s_;
   mutable std::mutex mutex_;
   std::list<Entry> entries_; // stable addresses: loader threads hold references

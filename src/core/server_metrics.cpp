@@ -126,6 +126,10 @@ ServerMetrics::ServerMetrics()
                                          "Estimated memory of the models loaded or loading, within the budget.")),
       models_memory_budget_bytes(
           registry.gauge("mmserve_models_memory_budget_bytes", "Memory budget for all loaded models together.")),
+      models_gpu_memory_bytes(registry.gauge("mmserve_models_gpu_memory_bytes",
+                                             "Estimated memory of the models loaded or loading on each GPU.", {"gpu"})),
+      models_gpu_memory_budget_bytes(registry.gauge("mmserve_models_gpu_memory_budget_bytes",
+                                                    "Memory budget of each GPU for the loaded models.", {"gpu"})),
       model_loads_total(registry.counter("mmserve_model_loads_total", "Model loads, by result (loaded, failed).",
                                          {"service", "model", "result"})),
       model_unloads_total(registry.counter("mmserve_model_unloads_total",

@@ -53,10 +53,12 @@ struct ServerMetrics {
   metrics::CounterFamily& gateway_refused_total;     // reason
 
   // Model registry.
-  metrics::GaugeFamily& models_memory_bytes;        // (none): estimates of loaded and loading models
-  metrics::GaugeFamily& models_memory_budget_bytes; // (none)
-  metrics::CounterFamily& model_loads_total;        // service, model, result: loaded failed
-  metrics::CounterFamily& model_unloads_total;      // service, model, reason: idle evicted admin
+  metrics::GaugeFamily& models_memory_bytes;            // (none): estimates of loaded and loading models
+  metrics::GaugeFamily& models_memory_budget_bytes;     // (none)
+  metrics::GaugeFamily& models_gpu_memory_bytes;        // gpu: estimates of loaded and loading models per GPU
+  metrics::GaugeFamily& models_gpu_memory_budget_bytes; // gpu
+  metrics::CounterFamily& model_loads_total;            // service, model, result: loaded failed
+  metrics::CounterFamily& model_unloads_total;          // service, model, reason: idle evicted admin
 
   // Uploaded inputs kept in object storage.
   metrics::CounterFamily& inputs_archived_total; // service, result: stored known failed dropped

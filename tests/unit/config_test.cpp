@@ -194,3 +194,25 @@ registry:
             std::string::npos);
   EXPECT_NE(error_of("registry: {memory_budgt: 1Gi}").find("registry.memory_budgt: unknown key"), std::string::npos);
 }
+
+TEST(Config, RegistryGpuMemoryBudget) {
+  const Config defaults = parse_config("", "empty");
+  EXPECT_TRUE(defaults.registry.gpu_memory_budget.empty()); // auto
+  const Config each = parse_config("registry: {gpu_memory_budget: 20Gi}", "each.yaml");
+  EXPECT_EQ(each.registry.gpu_memory_budget, std::vector<uint64_t>{20ull << 30});
+  EXPECT_TRUE(each.registry.gpu_memory_budget_each);
+  const Config listed = parse_config("registry: {gpu_memory_budget: [20Gi, 8Gi]}", "list.yaml");
+  EXPECT_EQ(listed.registry.gpu_memory_budget, (std::vector<uint64_t>{20ull << 30, 8ull << 30}));
+  EXPECT_FALSE(listed.registry.gpu_memory_budget_each);
+  // Round trips through --print-config, and a later layer's auto resets it.
+  for (const Config* config : {&defaults, &each, &listed}) {
+    const Config again = parse_config(dump_config(*config), "dump");
+    EXPECT_EQ(again.registry.gpu_memory_budget, config->registry.gpu_memory_budget);
+    EXPECT_EQ(again.registry.gpu_memory_budget_each, config->registry.gpu_memory_budget_each);
+  }
+  EXPECT_TRUE(parse_config("registry: {gpu_memory_budget: auto}", "auto.yaml").registry.gpu_memory_budget.empty());
+  EXPECT_NE(error_of("registry: {gpu_memory_budget: lots}").find("registry.gpu_memory_budget"), std::string::npos);
+  EXPECT_NE(error_of("registry: {gpu_memory_budget: 0}").find("registry.gpu_memory_budget"), std::string::npos);
+  EXPECT_NE(error_of("registry: {gpu_memory_budget: [8Gi, none]}").find("registry.gpu_memory_budget"),
+            std::string::npos);
+}
