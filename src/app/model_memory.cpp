@@ -103,6 +103,10 @@ std::vector<uint64_t> gpu_budgets(const RegistryConfig& config, const std::vecto
   return budgets;
 }
 
+bool device_uses_gpu(const std::string& device, const std::vector<GpuInfo>& gpus) {
+  return device != "cpu" && !gpus.empty();
+}
+
 MemoryEstimate estimate_vision_memory(const std::string& model_path, const std::string& mmproj_path,
                                       const VisionConfig& config, const std::vector<GpuInfo>& gpus) {
   const uint64_t model_weights = file_size_or_zero(model_path);
@@ -165,7 +169,7 @@ MemoryEstimate estimate_speech_memory(const std::string& model_path, const Speec
   }
   const uint64_t total = weights + static_cast<uint64_t>(std::max(1, config.parallel)) * per_state;
   MemoryEstimate estimate;
-  if (config.device == "cpu" || gpus.empty()) {
+  if (!device_uses_gpu(config.device, gpus)) {
     estimate.host_bytes = total;
   } else {
     // whisper.cpp's gpu_device 0; the log-mel spectrogram and the decoders' logits stay on the host.
@@ -188,7 +192,7 @@ MemoryEstimate estimate_image_memory(const std::string& model_path, const ImageC
     weights = file_size_or_zero(model_path);
   }
   MemoryEstimate estimate;
-  if (config.device == "cpu" || gpus.empty()) {
+  if (!device_uses_gpu(config.device, gpus)) {
     estimate.host_bytes = weights + weights / 5;
   } else {
     estimate.gpu_bytes = {weights + weights / 5};

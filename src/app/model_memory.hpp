@@ -23,6 +23,10 @@ std::vector<GpuInfo> detect_gpus();
 // The per-GPU budgets: registry.gpu_memory_budget, or 90% of each GPU's memory.
 std::vector<uint64_t> gpu_budgets(const RegistryConfig& config, const std::vector<GpuInfo>& gpus);
 
+// Whether speech.device / image.device (cpu, cuda, auto) puts the model on
+// the first GPU: the engines and the estimates below follow this one rule.
+bool device_uses_gpu(const std::string& device, const std::vector<GpuInfo>& gpus);
+
 // A model's memory once loaded: in host memory and on each GPU (index as in
 // detect_gpus(); trailing GPUs it does not use may be left out).
 struct MemoryEstimate {

@@ -98,13 +98,10 @@ void add_vision_model(ModelRegistry& registry, const VisionConfig& vision, const
 // DEVICE=cuda|auto use the first GPU when this build has a GPU backend.
 // `key` (speech.device, image.device): auto uses a GPU when the build has one.
 bool uses_gpu(const std::string& device, const char* key) {
-  if (device == "cpu") return false;
-  vlm::init_engine_backend();
-  const bool have_gpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU) != nullptr;
-  if (device == "cuda" && !have_gpu) {
+  if (device == "cuda" && process_gpus().empty()) {
     spdlog::warn("{} cuda: this build has no GPU backend (build with -DMMSERVE_CUDA=ON); running on CPU", key);
   }
-  return have_gpu;
+  return device_uses_gpu(device, process_gpus());
 }
 
 EngineLoader speech_loader(const std::string& path, const std::string& id, const Config& config,
