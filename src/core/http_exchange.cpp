@@ -79,10 +79,10 @@ bool etag_matches(std::string_view if_none_match, std::string_view etag) {
   return false;
 }
 
-HttpExchange::HttpExchange(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser, std::string request_id,
-                           std::string remote_address, ExchangeLimits limits, const std::atomic<bool>& draining,
-                           HangupSweeper& sweeper)
-    : stream_(stream), buffer_(buffer), parser_(parser), request_id_(std::move(request_id)),
+HttpExchange::HttpExchange(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
+                           std::string request_id, std::string remote_address, ExchangeLimits limits,
+                           const std::atomic<bool>& draining, HangupSweeper& sweeper)
+    : stream_(stream), deadline_(deadline), buffer_(buffer), parser_(parser), request_id_(std::move(request_id)),
       remote_address_(std::move(remote_address)), limits_(limits), draining_(draining), sweeper_(sweeper) {
   const std::string_view target = parser_.get().target();
   const auto question = target.find('?');
@@ -121,7 +121,7 @@ std::optional<uint64_t> HttpExchange::content_length() const {
 void HttpExchange::arm_timer() {
   const auto now = Clock::now();
   const auto io_deadline = now + limits_.io_timeout;
-  stream_.expires_at(std::min(io_deadline, limits_.deadline));
+  deadline_.expires_at(std::min(io_deadline, limits_.deadline));
 }
 
 net::awaitable<void> HttpExchange::send_continue_if_expected() {
@@ -133,6 +133,7 @@ net::awaitable<void> HttpExchange::send_continue_if_expected() {
   arm_timer();
   co_await net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
                             net::redirect_error(net::use_awaitable, ec));
+  ec = deadline_.settle(ec);
   if (ec) throw ClientGone("client went away before sending its body: " + ec.message());
 }
 
@@ -148,6 +149,7 @@ net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
     boost::system::error_code ec;
     arm_timer();
     co_await bhttp::async_read_some(stream_, buffer_, parser_, net::redirect_error(net::use_awaitable, ec));
+    ec = deadline_.settle(ec);
     if (ec == bhttp::error::need_buffer) ec = {};
     if (ec) {
       force_close_ = true;
@@ -210,31 +212,16 @@ HttpExchange::HangupWatch::HangupWatch(HttpExchange& exchange, std::function<voi
 }
 
 void HttpExchange::HangupWatch::stop() {
-  if (active_) exchange_.sweeper_.remove(this);
+  if (listed()) exchange_.sweeper_.watches_.erase(this);
 }
 
 void HangupSweeper::add(HttpExchange::HangupWatch* watch) {
-  watch->active_ = true;
-  watch->previous_ = nullptr;
-  watch->next_ = first_;
-  if (first_) first_->previous_ = watch;
-  first_ = watch;
+  watches_.push_front(watch);
   arm();
 }
 
-void HangupSweeper::remove(HttpExchange::HangupWatch* watch) {
-  if (watch->previous_) {
-    watch->previous_->next_ = watch->next_;
-  } else {
-    first_ = watch->next_;
-  }
-  if (watch->next_) watch->next_->previous_ = watch->previous_;
-  watch->active_ = false;
-  watch->previous_ = watch->next_ = nullptr;
-}
-
 void HangupSweeper::arm() {
-  if (armed_ || !first_) return;
+  if (armed_ || watches_.empty()) return;
   armed_ = true;
   timer_.expires_after(std::chrono::milliseconds(500));
   timer_.async_wait([this](const boost::system::error_code& ec) {
@@ -246,11 +233,11 @@ void HangupSweeper::arm() {
 }
 
 void HangupSweeper::sweep() {
-  for (auto* watch = first_; watch;) {
-    auto* const next = watch->next_;
+  for (auto* watch = watches_.front(); watch;) {
+    auto* const next = IntrusiveList<HttpExchange::HangupWatch>::next(watch);
     if (watch->exchange_.peer_closed()) {
       // Off the list before the call: the callback may end the watch's request.
-      remove(watch);
+      watches_.erase(watch);
       if (watch->on_hangup_) watch->on_hangup_();
     }
     watch = next;
@@ -283,6 +270,7 @@ net::awaitable<void> HttpExchange::respond(unsigned status, std::string body, st
   arm_timer();
   bhttp::response_serializer<bhttp::string_body> serializer{response};
   const size_t written = co_await bhttp::async_write(stream_, serializer, net::redirect_error(net::use_awaitable, ec));
+  ec = deadline_.settle(ec);
   bytes_sent_ += written;
   if (ec) {
     force_close_ = true;
@@ -320,6 +308,7 @@ net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_vie
   arm_timer();
   bytes_sent_ +=
       co_await bhttp::async_write_header(stream_, *stream_serializer_, net::redirect_error(net::use_awaitable, ec));
+  ec = deadline_.settle(ec);
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away: " + ec.message());
@@ -378,6 +367,7 @@ net::awaitable<void> HttpExchange::begin_relay(unsigned status, HeaderViews head
   }
   bytes_sent_ +=
       co_await net::async_write(stream_, std::span(pieces.data(), count), net::redirect_error(net::use_awaitable, ec));
+  ec = deadline_.settle(ec);
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away: " + ec.message());
@@ -397,6 +387,7 @@ net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
     bytes_sent_ += co_await net::async_write(stream_, net::const_buffer(data.data(), data.size()),
                                              net::redirect_error(net::use_awaitable, ec));
   }
+  ec = deadline_.settle(ec);
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away during the stream: " + ec.message());
@@ -413,6 +404,7 @@ net::awaitable<void> HttpExchange::end_stream() {
   arm_timer();
   bytes_sent_ +=
       co_await net::async_write(stream_, bhttp::make_chunk_last(), net::redirect_error(net::use_awaitable, ec));
+  ec = deadline_.settle(ec);
   if (ec) {
     force_close_ = true;
     throw ClientGone("client went away at the end of the stream: " + ec.message());

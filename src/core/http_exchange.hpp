@@ -5,6 +5,7 @@
 #pragma once
 
 #include "core/api_error.hpp"
+#include "core/io_deadline.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -31,15 +32,6 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 
-using Clock = std::chrono::steady_clock;
-// Connections are bound to one single-threaded io_context from accept to
-// close; naming its executor type (instead of Asio's type-erased
-// any_io_executor) keeps each I/O operation's executor bookkeeping off the
-// type-erased path.
-using IoExecutor = net::io_context::executor_type;
-using TcpStream = beast::basic_stream<net::ip::tcp, IoExecutor>;
-using TcpSocket = TcpStream::socket_type;
-
 // The io_context executor behind a coroutine's executor (every context here is an io_context).
 IoExecutor io_executor_of(const net::any_io_executor& executor);
 using RequestParser = bhttp::request_parser<bhttp::buffer_body>;
@@ -60,9 +52,10 @@ struct ExchangeLimits {
 
 class HttpExchange {
 public:
-  HttpExchange(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser, std::string request_id,
-               std::string remote_address, ExchangeLimits limits, const std::atomic<bool>& draining,
-               HangupSweeper& sweeper);
+  // `deadline` bounds the client's socket operations (the connection's, set per operation here).
+  HttpExchange(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
+               std::string request_id, std::string remote_address, ExchangeLimits limits,
+               const std::atomic<bool>& draining, HangupSweeper& sweeper);
 
   // ---- request ----
   bhttp::verb method() const { return parser_.get().method(); }
@@ -123,6 +116,8 @@ public:
   // True once the client has closed its side: long jobs stop early.
   bool peer_closed();
   class HangupWatch; // below: nested, so it reaches the exchange's socket and sweeper
+  // The deadline sweeper of this request's I/O thread (for the sockets a proxy opens on it).
+  DeadlineSweeper& deadline_sweeper() const { return deadline_.sweeper(); }
 
   bool response_started() const { return response_started_; }
   bool response_finished() const { return response_finished_; }
@@ -139,6 +134,7 @@ private:
   void arm_timer();
 
   TcpStream& stream_;
+  IoDeadline& deadline_;
   beast::flat_buffer& buffer_;
   RequestParser& parser_;
   std::string request_id_;
@@ -178,20 +174,21 @@ public:
 private:
   friend class HttpExchange::HangupWatch;
   void add(HttpExchange::HangupWatch* watch);
-  void remove(HttpExchange::HangupWatch* watch);
   void arm();
   void sweep();
 
   net::steady_timer timer_;
   bool armed_ = false;
-  HttpExchange::HangupWatch* first_ = nullptr; // intrusive list of active watches
+  // The active watches. Any still listed when the sweeper goes (their
+  // coroutines destroyed later, at shutdown) are let go.
+  IntrusiveList<HttpExchange::HangupWatch> watches_;
 };
 
 // Calls `on_hangup` once if the client closes its side while the watch is
 // active (from construction until stop() or destruction). Construct it while
 // the exchange reads nothing from the client. Not movable: the sweeper holds
 // its address.
-class HttpExchange::HangupWatch {
+class HttpExchange::HangupWatch : public IntrusiveList<HttpExchange::HangupWatch>::Hook {
 public:
   HangupWatch(HttpExchange& exchange, std::function<void()> on_hangup);
   HangupWatch(const HangupWatch&) = delete;
@@ -203,9 +200,6 @@ private:
   friend class HangupSweeper;
   HttpExchange& exchange_;
   std::function<void()> on_hangup_;
-  bool active_ = false;
-  HangupWatch* previous_ = nullptr;
-  HangupWatch* next_ = nullptr;
 };
 
 // Percent-decoding for query strings ('+' as space); nullopt on bad escapes.

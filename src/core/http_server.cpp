@@ -90,8 +90,10 @@ HttpServer::HttpServer(const ServerConfig& config, bool access_log, Router& rout
       in_flight_(metrics.http_requests_in_flight.labels({})), ioc_(1), acceptor_(ioc_) {
   for (int i = 1; i < config.io_threads; ++i)
     more_contexts_.push_back(std::make_unique<net::io_context>(1));
-  for (size_t i = 0; i <= more_contexts_.size(); ++i)
+  for (size_t i = 0; i <= more_contexts_.size(); ++i) {
     sweepers_.push_back(std::make_unique<HangupSweeper>(context(i)));
+    deadline_sweepers_.push_back(std::make_unique<DeadlineSweeper>(context(i)));
+  }
 }
 
 size_t HttpServer::next_context() {
@@ -164,7 +166,8 @@ net::awaitable<void> HttpServer::accept_loop() {
     if (open_connections_.load() >= static_cast<size_t>(config_.max_connections)) {
       net::co_spawn(executor, refuse_connection(std::move(socket)), net::detached);
     } else {
-      net::co_spawn(executor, serve_connection(std::move(socket), *sweepers_[index]), net::detached);
+      net::co_spawn(executor, serve_connection(std::move(socket), *sweepers_[index], *deadline_sweepers_[index]),
+                    net::detached);
     }
   }
 }
@@ -179,7 +182,8 @@ net::awaitable<void> HttpServer::refuse_connection(TcpSocket socket) {
   co_await lingering_close(stream);
 }
 
-net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper) {
+net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper,
+                                                  DeadlineSweeper& deadlines) {
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   const std::string remote = ec ? std::string("unknown") : peer.address().to_string();
@@ -188,6 +192,7 @@ net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweepe
   // delayed ACK (40 ms).
   socket.set_option(tcp::no_delay(true), ec);
   TcpStream stream(std::move(socket));
+  IoDeadline deadline(deadlines, stream.socket());
   beast::flat_buffer buffer;
 
   auto connection = std::make_shared<Connection>();
@@ -209,8 +214,9 @@ net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweepe
     parser->body_limit(std::numeric_limits<uint64_t>::max()); // enforced per exchange, with a JSON 413
     connection->idle = true;
     if (draining_) break;
-    stream.expires_after(to_millis(config_.idle_timeout_s));
+    deadline.expires_after(to_millis(config_.idle_timeout_s));
     co_await bhttp::async_read_header(stream, buffer, *parser, net::redirect_error(net::use_awaitable, ec));
+    ec = deadline.settle(ec);
     connection->idle = false;
     if (ec) {
       if (ec == bhttp::error::header_limit) {
@@ -228,7 +234,7 @@ net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweepe
       }
       break;
     }
-    const bool keep_alive = co_await handle_request(stream, buffer, *parser, remote, sweeper);
+    const bool keep_alive = co_await handle_request(stream, deadline, buffer, *parser, remote, sweeper);
     if (!keep_alive) {
       unread_body = !parser->is_done();
       break;
@@ -249,8 +255,9 @@ net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweepe
   metrics_.http_connections_open.labels({}).dec();
 }
 
-net::awaitable<bool> HttpServer::handle_request(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser,
-                                                const std::string& remote, HangupSweeper& sweeper) {
+net::awaitable<bool> HttpServer::handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer,
+                                                RequestParser& parser, const std::string& remote,
+                                                HangupSweeper& sweeper) {
   const auto started = Clock::now();
   const auto client_id = parser.get().find("X-Request-Id");
   const std::string request_id =
@@ -259,7 +266,7 @@ net::awaitable<bool> HttpServer::handle_request(TcpStream& stream, beast::flat_b
   limits.max_body_bytes = config_.max_body_bytes;
   limits.deadline = started + to_millis(config_.request_timeout_s);
   limits.io_timeout = to_millis(std::min(config_.idle_timeout_s, config_.request_timeout_s));
-  HttpExchange exchange(stream, buffer, parser, request_id, remote, limits, draining_, sweeper);
+  HttpExchange exchange(stream, deadline, buffer, parser, request_id, remote, limits, draining_, sweeper);
 
   ++active_requests_;
   in_flight_.inc();

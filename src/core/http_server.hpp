@@ -56,10 +56,10 @@ private:
   struct Connection;
 
   net::awaitable<void> accept_loop();
-  net::awaitable<void> serve_connection(TcpSocket socket, HangupSweeper& sweeper);
+  net::awaitable<void> serve_connection(TcpSocket socket, HangupSweeper& sweeper, DeadlineSweeper& deadlines);
   net::awaitable<void> refuse_connection(TcpSocket socket);
-  net::awaitable<bool> handle_request(TcpStream& stream, beast::flat_buffer& buffer, RequestParser& parser,
-                                      const std::string& remote, HangupSweeper& sweeper);
+  net::awaitable<bool> handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer,
+                                      RequestParser& parser, const std::string& remote, HangupSweeper& sweeper);
   net::awaitable<void> watch_drain(std::chrono::steady_clock::time_point deadline);
   void close_idle_connections();
 
@@ -81,6 +81,7 @@ private:
   std::atomic<size_t> next_context_{0};
   // One per I/O context, same index (destroyed before the contexts).
   std::vector<std::unique_ptr<HangupSweeper>> sweepers_;
+  std::vector<std::unique_ptr<DeadlineSweeper>> deadline_sweepers_;
   net::ip::tcp::acceptor acceptor_;
   uint16_t bound_port_ = 0;
   std::atomic<bool> draining_{false};

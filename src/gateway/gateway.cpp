@@ -139,7 +139,7 @@ net::awaitable<nlohmann::json> Gateway::merged_models(http::HttpExchange& exchan
   };
   if (local_models_) add(local_models_());
   for (auto& [name, pool] : pools_) {
-    const auto [status, body] = co_await fetch_from_pool(*pool, "/v1/models", exchange.request_id());
+    const auto [status, body] = co_await fetch_from_pool(*pool, "/v1/models", exchange);
     if (status != 200) {
       spdlog::warn("gateway: /v1/models from pool {}: status {}", name, status);
       continue;

@@ -149,12 +149,15 @@ ApiError gateway_timeout(const std::string& message) {
   return ApiError(504, message, "api_error", "upstream_timeout");
 }
 
-net::awaitable<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, Endpoint& endpoint) {
+net::awaitable<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, Endpoint& endpoint,
+                                                            http::DeadlineSweeper& deadlines) {
   // On the request's own I/O context: its completions then resume the request without a thread hop.
-  auto connection = std::make_unique<UpstreamConnection>(http::io_executor_of(co_await net::this_coro::executor));
+  auto connection =
+      std::make_unique<UpstreamConnection>(http::io_executor_of(co_await net::this_coro::executor), deadlines);
   boost::system::error_code ec;
-  connection->stream.expires_after(millis(pool.config().connect_timeout_s));
+  connection->deadline.expires_after(millis(pool.config().connect_timeout_s));
   co_await connection->stream.async_connect(endpoint.address, net::redirect_error(net::use_awaitable, ec));
+  ec = connection->deadline.settle(ec);
   if (ec == beast::error::timeout) {
     throw UpstreamFailure("connect", fmt::format("connecting to {} timed out after {} s", endpoint.label,
                                                  pool.config().connect_timeout_s));
@@ -186,10 +189,11 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
     Endpoint& endpoint = lease->endpoint();
     try {
       connection = pool.take_idle(endpoint, http::io_executor_of(co_await net::this_coro::executor));
-      if (!connection) connection = co_await connect(pool, endpoint);
+      if (!connection) connection = co_await connect(pool, endpoint, exchange.deadline_sweeper());
       boost::system::error_code ec;
-      connection->stream.expires_after(millis(config.read_timeout_s));
+      connection->deadline.expires_after(millis(config.read_timeout_s));
       co_await net::async_write(connection->stream, net::buffer(head), net::redirect_error(net::use_awaitable, ec));
+      ec = connection->deadline.settle(ec);
       if (ec) throw UpstreamFailure("send", fmt::format("sending to {} failed: {}", endpoint.label, ec.message()));
       break;
     } catch (const UpstreamFailure& failure) {
@@ -214,13 +218,14 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
   }
   Endpoint& endpoint = lease->endpoint();
   auto& upstream = connection->stream;
+  auto& upstream_deadline = connection->deadline;
 
   // The body, piece by piece as the client sends it.
   if (!exchange.body_complete()) {
     for (;;) {
       const std::string_view piece = co_await exchange.read_body_chunk(); // 413 or ClientGone propagate
       boost::system::error_code ec;
-      upstream.expires_after(millis(config.read_timeout_s));
+      upstream_deadline.expires_after(millis(config.read_timeout_s));
       if (piece.empty()) {
         if (chunked_body)
           co_await net::async_write(upstream, bhttp::make_chunk_last(), net::redirect_error(net::use_awaitable, ec));
@@ -231,6 +236,7 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
         co_await net::async_write(upstream, net::const_buffer(piece.data(), piece.size()),
                                   net::redirect_error(net::use_awaitable, ec));
       }
+      ec = upstream_deadline.settle(ec);
       if (ec) {
         pool.report_failure(endpoint, "send");
         throw bad_gateway(
@@ -257,9 +263,10 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
       upstream.cancel();
     });
     boost::system::error_code ec;
-    upstream.expires_after(millis(config.read_timeout_s));
+    upstream_deadline.expires_after(millis(config.read_timeout_s));
     co_await bhttp::async_read_header(upstream, connection->buffer, parser,
                                       net::redirect_error(net::use_awaitable, ec));
+    ec = upstream_deadline.settle(ec);
     watch.stop();
     if (client_gone) throw http::ClientGone("client went away while the upstream was answering");
     if (ec == beast::error::timeout) {
@@ -300,8 +307,9 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
     body.data = buffer;
     body.size = kRelayBufferSize;
     boost::system::error_code ec;
-    upstream.expires_after(millis(config.read_timeout_s));
+    upstream_deadline.expires_after(millis(config.read_timeout_s));
     co_await bhttp::async_read_some(upstream, connection->buffer, parser, net::redirect_error(net::use_awaitable, ec));
+    ec = upstream_deadline.settle(ec);
     if (ec == bhttp::error::need_buffer || (ec == bhttp::error::end_of_stream && parser.is_done())) ec = {};
     if (ec) {
       pool.report_failure(endpoint, ec == beast::error::timeout ? "timeout" : "read");
@@ -323,8 +331,9 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
 }
 
 net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::string target,
-                                                                 const std::string& request_id) {
+                                                                 const http::HttpExchange& exchange) {
   const GatewayConfig& config = pool.config();
+  const std::string& request_id = exchange.request_id();
   std::set<const Endpoint*> tried;
   for (int attempt = 0; attempt < 8; ++attempt) {
     auto lease = pool.pick(tried);
@@ -333,19 +342,23 @@ net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& p
     tried.insert(&endpoint);
     try {
       auto connection = pool.take_idle(endpoint, http::io_executor_of(co_await net::this_coro::executor));
-      if (!connection) connection = co_await connect(pool, endpoint);
+      if (!connection) connection = co_await connect(pool, endpoint, exchange.deadline_sweeper());
       bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target, 11};
       request.set(bhttp::field::host, endpoint.address.address().to_string());
       request.set("X-Request-Id", request_id);
       request.keep_alive(true);
       boost::system::error_code ec;
-      connection->stream.expires_after(millis(std::min(config.read_timeout_s, 10.0)));
+      const auto until = http::Clock::now() + millis(std::min(config.read_timeout_s, 10.0));
+      connection->deadline.expires_at(until);
       co_await bhttp::async_write(connection->stream, request, net::redirect_error(net::use_awaitable, ec));
+      ec = connection->deadline.settle(ec);
       if (ec) throw UpstreamFailure("send", ec.message());
       bhttp::response_parser<bhttp::string_body> parser;
       parser.body_limit(4u << 20);
+      connection->deadline.expires_at(until);
       co_await bhttp::async_read(connection->stream, connection->buffer, parser,
                                  net::redirect_error(net::use_awaitable, ec));
+      ec = connection->deadline.settle(ec);
       if (ec) throw UpstreamFailure(ec == beast::error::timeout ? "timeout" : "read", ec.message());
       pool.report_success(endpoint);
       const unsigned status = parser.get().result_int();

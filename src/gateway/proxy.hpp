@@ -17,8 +17,9 @@ namespace mmserve::gateway {
 net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool);
 
 // One GET to some usable endpoint of the pool, for the gateway's own needs
-// (the merged /v1/models). Returns the status and the body (bounded).
+// (the merged /v1/models) while serving `exchange`. Returns the status and
+// the body (bounded).
 net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::string target,
-                                                                 const std::string& request_id);
+                                                                 const http::HttpExchange& exchange);
 
 } // namespace mmserve::gateway

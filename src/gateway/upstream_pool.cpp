@@ -294,7 +294,7 @@ std::unique_ptr<UpstreamConnection> UpstreamPool::take_idle(Endpoint& endpoint, 
 
 void UpstreamPool::give_back(Endpoint& endpoint, std::unique_ptr<UpstreamConnection> connection) {
   connection->idle_since = Clock::now();
-  connection->stream.expires_never();
+  connection->deadline.lift();
   std::lock_guard lock(mutex_);
   if (stopped_->load() || !endpoint.healthy || static_cast<int>(endpoint.idle.size()) >= config_.max_idle_connections)
     return;

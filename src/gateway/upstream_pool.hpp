@@ -28,10 +28,14 @@ namespace beast = boost::beast;
 using tcp = net::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
-// One kept-alive HTTP/1.1 connection to an endpoint.
+// One kept-alive HTTP/1.1 connection to an endpoint, on one I/O thread
+// (`deadlines` is that thread's sweeper).
 struct UpstreamConnection {
-  explicit UpstreamConnection(http::IoExecutor executor) : stream(std::move(executor)) {}
+  UpstreamConnection(http::IoExecutor executor, http::DeadlineSweeper& deadlines)
+      : stream(std::move(executor)), deadline(deadlines, stream.socket()) {}
   http::TcpStream stream;
+  // Bounds each operation (connect, send, each read); lifted while the connection idles.
+  http::IoDeadline deadline;
   beast::flat_buffer buffer;
   // Response bodies pass through here; kept with the connection so that a
   // request costs no fresh allocation (and no zeroing) of it.
