@@ -1,6 +1,7 @@
 #include "api/chat_completion.hpp"
 
 #include "api/engine_response.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/this_coro.hpp>
 #include <chrono>
@@ -23,8 +24,8 @@ using JobGuard = CancelOnExit<vlm::VlmEngine, vlm::Job>;
 
 // The engine's next events, or 504 once the request's deadline has passed
 // (the job is cancelled on the way out).
-http::net::awaitable<std::vector<vlm::GenerationEvent>> next_events(const vlm::VlmEngine::Submission& submission,
-                                                                    const http::HttpExchange& exchange) {
+Task<std::vector<vlm::GenerationEvent>> next_events(const vlm::VlmEngine::Submission& submission,
+                                                    const http::HttpExchange& exchange) {
   auto events = co_await submission.events->next_batch(exchange.deadline());
   if (events.empty()) {
     throw ApiError::timeout("The request took longer than server.request_timeout; the generation was stopped.");
@@ -34,9 +35,8 @@ http::net::awaitable<std::vector<vlm::GenerationEvent>> next_events(const vlm::V
 
 } // namespace
 
-http::net::awaitable<void> run_chat_completion(vlm::VlmEngine& engine, const ChatRequest& request,
-                                               const ChatImagePolicy& images, ServerMetrics& metrics,
-                                               http::HttpExchange& exchange) {
+Task<void> run_chat_completion(vlm::VlmEngine& engine, const ChatRequest& request, const ChatImagePolicy& images,
+                               ServerMetrics& metrics, http::HttpExchange& exchange) {
   if (request.image_count() > 0 && !engine.supports_images()) {
     throw ApiError::bad_request(
         fmt::format("The model '{}' takes text only (no vision projector is loaded).", engine.options().model_id),

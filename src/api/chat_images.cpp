@@ -2,6 +2,7 @@
 
 #include "core/api_error.hpp"
 #include "core/base64.hpp"
+#include "core/task.hpp"
 
 #include "hash/hash.h"
 
@@ -72,8 +73,8 @@ ChatImagePolicy chat_image_policy(const MediaConfig& media, std::shared_ptr<stor
   return policy;
 }
 
-boost::asio::awaitable<std::vector<vlm::ImageInput>>
-prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy, ServerMetrics& metrics) {
+Task<std::vector<vlm::ImageInput>> prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy,
+                                                       ServerMetrics& metrics) {
   std::vector<vlm::ImageInput> images;
   for (size_t m = 0; m < request.messages.size(); ++m) {
     const auto& parts = request.messages[m].parts;

@@ -9,12 +9,11 @@
 #include "core/config.hpp"
 #include "core/lru_cache.hpp"
 #include "core/server_metrics.hpp"
+#include "core/task.hpp"
 #include "engines/vlm/vlm_engine.hpp"
 #include "media/image_disk_cache.hpp"
 #include "media/image_preprocess.hpp"
 #include "media/url_fetch.hpp"
-
-#include <boost/asio/awaitable.hpp>
 
 #include <mutex>
 
@@ -54,7 +53,7 @@ struct ChatImagePolicy {
 ChatImagePolicy chat_image_policy(const MediaConfig& media, std::shared_ptr<storage::TempCache> disk_cache = nullptr);
 
 // One entry per image part, in message order. Throws ApiError (400, 415).
-boost::asio::awaitable<std::vector<vlm::ImageInput>>
-prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy, ServerMetrics& metrics);
+Task<std::vector<vlm::ImageInput>> prepare_chat_images(const ChatRequest& request, const ChatImagePolicy& policy,
+                                                       ServerMetrics& metrics);
 
 } // namespace mmserve::api

@@ -5,6 +5,7 @@
 
 #include "api/chat_request.hpp"
 #include "core/router.hpp"
+#include "core/task.hpp"
 
 #include <functional>
 
@@ -12,7 +13,7 @@ namespace mmserve::api {
 
 // Runs one validated request on the model it names (leased from the model
 // registry, loaded on first use) and writes the response (JSON or SSE).
-using ChatEngine = std::function<http::net::awaitable<void>(const ChatRequest&, http::HttpExchange&)>;
+using ChatEngine = std::function<Task<void>(const ChatRequest&, http::HttpExchange&)>;
 
 void register_chat_routes(http::Router& router, ChatEngine engine);
 

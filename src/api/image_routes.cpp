@@ -4,6 +4,7 @@
 #include "api/json_body.hpp"
 #include "core/base64.hpp"
 #include "core/logging.hpp"
+#include "core/task.hpp"
 #include "core/version.hpp"
 
 #include <boost/asio/this_coro.hpp>
@@ -23,8 +24,8 @@ constexpr const char* kImmutable = "public, max-age=31536000, immutable";
 
 // The job's result; checks every half second that the client is still
 // there (a generation can take minutes before the answer's first byte).
-http::net::awaitable<image::ImageEvent> run_generation(image::ImageService& service, image::ImageJobRequest job,
-                                                       http::HttpExchange& exchange) {
+Task<image::ImageEvent> run_generation(image::ImageService& service, image::ImageJobRequest job,
+                                       http::HttpExchange& exchange) {
   auto submission = service.submit(std::move(job), co_await boost::asio::this_coro::executor);
   JobGuard guard{submission.job};
   for (;;) {
@@ -85,7 +86,7 @@ std::string url_of(const image::OutputImage& image, const http::HttpExchange& ex
 }
 
 // POST /v1/images/generations (OpenAI) and /v1/images/generate (the seed's path).
-http::net::awaitable<void> openai_generate(const ImageRouteContext& context, http::HttpExchange& exchange) {
+Task<void> openai_generate(const ImageRouteContext& context, http::HttpExchange& exchange) {
   context.registry.check_servable("image");
   const json body = co_await read_json_object(exchange);
   ImageRequest request = parse_image_request(body, context.limits);
@@ -147,7 +148,7 @@ std::string timestamp(std::chrono::system_clock::time_point when) {
   return fmt::format("{:%Y%m%d%H%M%S}", fmt::gmtime(std::chrono::system_clock::to_time_t(when)));
 }
 
-http::net::awaitable<void> txt2img(const ImageRouteContext& context, http::HttpExchange& exchange) {
+Task<void> txt2img(const ImageRouteContext& context, http::HttpExchange& exchange) {
   context.registry.check_servable("image");
   const json body = co_await read_json_object(exchange);
   Txt2ImgRequest request = parse_txt2img_request(body, context.limits);
@@ -215,10 +216,10 @@ http::net::awaitable<void> txt2img(const ImageRouteContext& context, http::HttpE
 }
 
 // webui answers a request that does not validate with 422.
-http::Handler unprocessable_on_bad_request(
-    std::function<http::net::awaitable<void>(const ImageRouteContext&, http::HttpExchange&)> handler,
-    ImageRouteContext context) {
-  return [handler, context](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+http::Handler
+unprocessable_on_bad_request(std::function<Task<void>(const ImageRouteContext&, http::HttpExchange&)> handler,
+                             ImageRouteContext context) {
+  return [handler, context](http::HttpExchange& exchange) -> Task<void> {
     std::optional<ApiError> failure;
     try {
       co_await handler(context, exchange);
@@ -270,16 +271,16 @@ bool query_flag(const http::HttpExchange& exchange, const std::string& key) {
 
 void register_webui_routes(http::Router& router, const ImageRouteContext& context) {
   router.add("POST", "/sdapi/v1/txt2img", unprocessable_on_bad_request(txt2img, context));
-  router.add("GET", "/sdapi/v1/progress", [context](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/sdapi/v1/progress", [context](http::HttpExchange& exchange) -> Task<void> {
     co_await exchange.respond_json(200, progress_body(*context.activity, !query_flag(exchange, "skip_current_image")));
   });
-  router.add("POST", "/sdapi/v1/interrupt", [context](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("POST", "/sdapi/v1/interrupt", [context](http::HttpExchange& exchange) -> Task<void> {
     const bool stopped = context.activity->interrupt();
     log_event(spdlog::level::info, "image generation interrupt",
               {{"request_id", exchange.request_id()}, {"stopped_a_job", stopped}});
     co_await exchange.respond_json(200, json::object());
   });
-  router.add("GET", "/sdapi/v1/sd-models", [context](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/sdapi/v1/sd-models", [context](http::HttpExchange& exchange) -> Task<void> {
     json list = json::array();
     for (const auto& model : image_models(context.board)) {
       list.push_back({{"title", model.title},
@@ -291,7 +292,7 @@ void register_webui_routes(http::Router& router, const ImageRouteContext& contex
     }
     co_await exchange.respond_json(200, list);
   });
-  router.add("GET", "/sdapi/v1/samplers", [](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/sdapi/v1/samplers", [](http::HttpExchange& exchange) -> Task<void> {
     json list = json::array();
     for (const auto& name : diffusion::sampler_names()) {
       json entry = {{"name", name}, {"aliases", json::array()}, {"options", json::object()}};
@@ -354,7 +355,7 @@ ByteRange parse_range(std::string_view header, uint64_t size) {
 }
 
 void register_output_routes(http::Router& router, const ImageRouteContext& context) {
-  router.add("GET", "/outputs/{name}", [context](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/outputs/{name}", [context](http::HttpExchange& exchange) -> Task<void> {
     const std::string& name = exchange.path_params().at("name");
     if (!context.serve_outputs) {
       throw ApiError::not_found("Outputs are kept in the bucket (storage.outputs.backend: s3): use the URL the "
@@ -404,9 +405,8 @@ void register_output_routes(http::Router& router, const ImageRouteContext& conte
 
 void register_image_routes(http::Router& router, const ImageRouteContext& context) {
   for (const char* path : {"/v1/images/generations", "/v1/images/generate"}) {
-    router.add("POST", path, [context](http::HttpExchange& exchange) -> http::net::awaitable<void> {
-      co_await openai_generate(context, exchange);
-    });
+    router.add("POST", path,
+               [context](http::HttpExchange& exchange) -> Task<void> { co_await openai_generate(context, exchange); });
   }
   register_webui_routes(router, context);
   register_output_routes(router, context);

@@ -1,5 +1,7 @@
 #include "api/json_body.hpp"
 
+#include "core/task.hpp"
+
 #include <fmt/format.h>
 
 namespace mmserve::api {
@@ -24,7 +26,7 @@ void throw_invalid_type(const std::string& param, const std::string& expected, c
       param, "invalid_type");
 }
 
-http::net::awaitable<nlohmann::json> read_json_object(http::HttpExchange& exchange) {
+Task<nlohmann::json> read_json_object(http::HttpExchange& exchange) {
   const std::string content_type = exchange.header(http::bhttp::field::content_type);
   // Lenient on purpose: curl -d sends form-urlencoded for JSON bodies; only a
   // multipart upload is certainly not JSON.

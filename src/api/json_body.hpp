@@ -3,6 +3,7 @@
 #pragma once
 
 #include "core/http_exchange.hpp"
+#include "core/task.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -10,7 +11,7 @@ namespace mmserve::api {
 
 // The body as a JSON object: 400 invalid_json when it does not parse, 400
 // when it is not an object, 413 past the body limit.
-http::net::awaitable<nlohmann::json> read_json_object(http::HttpExchange& exchange);
+Task<nlohmann::json> read_json_object(http::HttpExchange& exchange);
 
 // "an integer", "a string", ... as OpenAI's messages name JSON types.
 std::string json_type_phrase(const nlohmann::json& value);

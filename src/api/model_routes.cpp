@@ -1,6 +1,7 @@
 #include "api/model_routes.hpp"
 
 #include "api/system_routes.hpp"
+#include "core/task.hpp"
 #include "gateway/access_control.hpp"
 
 #include <boost/asio/ip/address.hpp>
@@ -39,19 +40,17 @@ void check_admin(const http::HttpExchange& exchange, const gateway::ApiKeyRing& 
 void register_model_admin_routes(http::Router& router, ModelRegistry& registry,
                                  const std::vector<GatewayApiKey>& admin_keys) {
   auto keys = std::make_shared<gateway::ApiKeyRing>(admin_keys);
-  router.add("POST", "/v1/models/{id}/load",
-             [&registry, keys](http::HttpExchange& exchange) -> http::net::awaitable<void> {
-               check_admin(exchange, *keys);
-               const ModelStatus status = registry.load(exchange.path_params().at("id"));
-               // 202 while the load runs (poll GET /v1/models/{id}); 200 when it already is loaded.
-               co_await exchange.respond_json(status.state == ModelState::loaded ? 200 : 202, model_object(status));
-             });
-  router.add("POST", "/v1/models/{id}/unload",
-             [&registry, keys](http::HttpExchange& exchange) -> http::net::awaitable<void> {
-               check_admin(exchange, *keys);
-               const ModelStatus status = co_await registry.unload(exchange.path_params().at("id"));
-               co_await exchange.respond_json(200, model_object(status));
-             });
+  router.add("POST", "/v1/models/{id}/load", [&registry, keys](http::HttpExchange& exchange) -> Task<void> {
+    check_admin(exchange, *keys);
+    const ModelStatus status = registry.load(exchange.path_params().at("id"));
+    // 202 while the load runs (poll GET /v1/models/{id}); 200 when it already is loaded.
+    co_await exchange.respond_json(status.state == ModelState::loaded ? 200 : 202, model_object(status));
+  });
+  router.add("POST", "/v1/models/{id}/unload", [&registry, keys](http::HttpExchange& exchange) -> Task<void> {
+    check_admin(exchange, *keys);
+    const ModelStatus status = co_await registry.unload(exchange.path_params().at("id"));
+    co_await exchange.respond_json(200, model_object(status));
+  });
 }
 
 } // namespace mmserve::api

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "core/http_exchange.hpp"
+#include "core/task.hpp"
 
 #include <optional>
 #include <string>
@@ -73,6 +74,6 @@ private:
 // Reads the request body as multipart/form-data: 415 for another
 // Content-Type, 400 without a boundary. (In multipart_read.cpp: the parser
 // above needs no HTTP core.)
-http::net::awaitable<MultipartForm> read_multipart_form(http::HttpExchange& exchange, MultipartLimits limits);
+Task<MultipartForm> read_multipart_form(http::HttpExchange& exchange, MultipartLimits limits);
 
 } // namespace mmserve::api

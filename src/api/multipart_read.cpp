@@ -2,6 +2,7 @@
 // I/O-free there, so the sanitizer and fuzz build compiles it without the
 // HTTP core).
 #include "api/multipart_form.hpp"
+#include "core/task.hpp"
 
 #include <fmt/format.h>
 
@@ -20,7 +21,7 @@ bool starts_with_multipart(std::string_view content_type) {
 
 } // namespace
 
-http::net::awaitable<MultipartForm> read_multipart_form(http::HttpExchange& exchange, MultipartLimits limits) {
+Task<MultipartForm> read_multipart_form(http::HttpExchange& exchange, MultipartLimits limits) {
   const std::string content_type = exchange.header(http::bhttp::field::content_type);
   if (!starts_with_multipart(content_type)) {
     throw ApiError::unsupported_media_type(

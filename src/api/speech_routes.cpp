@@ -2,6 +2,7 @@
 
 #include "api/engine_response.hpp"
 #include "api/transcription_request.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/this_coro.hpp>
 
@@ -12,8 +13,8 @@ using JobGuard = CancelOnExit<asr::WhisperEngine, asr::AsrJob>;
 
 // The engine's next events; checks every half second that the client is
 // still there (a whole transcription can take minutes before its first byte).
-http::net::awaitable<std::vector<asr::TranscriptionEvent>> next_events(const asr::WhisperEngine::Submission& submission,
-                                                                       http::HttpExchange& exchange) {
+Task<std::vector<asr::TranscriptionEvent>> next_events(const asr::WhisperEngine::Submission& submission,
+                                                       http::HttpExchange& exchange) {
   std::vector<asr::TranscriptionEvent> events;
   while (events.empty()) {
     const auto now = http::Clock::now();
@@ -30,9 +31,8 @@ http::net::awaitable<std::vector<asr::TranscriptionEvent>> next_events(const asr
   co_return events;
 }
 
-http::net::awaitable<void> respond_whole(const asr::WhisperEngine::Submission& submission,
-                                         const TranscriptionRequest& request, JobGuard& guard,
-                                         http::HttpExchange& exchange) {
+Task<void> respond_whole(const asr::WhisperEngine::Submission& submission, const TranscriptionRequest& request,
+                         JobGuard& guard, http::HttpExchange& exchange) {
   Transcript transcript;
   transcript.translation = request.params.translate;
   for (;;) {
@@ -66,8 +66,8 @@ http::net::awaitable<void> respond_whole(const asr::WhisperEngine::Submission& s
 
 // OpenAI's transcript stream: one transcript.text.delta per segment as its
 // window finishes, then transcript.text.done with the whole text.
-http::net::awaitable<void> respond_stream(const asr::WhisperEngine::Submission& submission, JobGuard& guard,
-                                          http::HttpExchange& exchange) {
+Task<void> respond_stream(const asr::WhisperEngine::Submission& submission, JobGuard& guard,
+                          http::HttpExchange& exchange) {
   bool started = false;
   std::string text;
   for (;;) {
@@ -104,8 +104,7 @@ http::net::awaitable<void> respond_stream(const asr::WhisperEngine::Submission& 
 void register_speech_routes(http::Router& router, ModelRegistry& registry, uint64_t max_audio_bytes,
                             std::shared_ptr<InputArchive> archive) {
   for (const bool translation : {false, true}) {
-    auto handler = [&registry, max_audio_bytes, translation,
-                    archive](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    auto handler = [&registry, max_audio_bytes, translation, archive](http::HttpExchange& exchange) -> Task<void> {
       // Known before the upload: no point reading 100 MB to answer 503.
       registry.check_servable("speech");
       MultipartLimits limits;

@@ -1,5 +1,7 @@
 #include "api/system_routes.hpp"
 
+#include "core/task.hpp"
+
 #include <fmt/format.h>
 
 namespace mmserve::api {
@@ -19,41 +21,38 @@ nlohmann::json model_object(const ModelStatus& model) {
 
 void register_system_routes(http::Router& router, const ModelBoard& board, ServerMetrics& metrics,
                             const std::atomic<bool>& draining, bool expects_models) {
-  router.add("GET", "/healthz", [](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/healthz", [](http::HttpExchange& exchange) -> Task<void> {
     const nlohmann::json body = {{"status", "ok"}};
     co_await exchange.respond_json(200, body);
   });
 
-  router.add("GET", "/readyz",
-             [&board, &draining, expects_models](http::HttpExchange& exchange) -> http::net::awaitable<void> {
-               nlohmann::json models = nlohmann::json::array();
-               std::vector<std::string> reasons;
-               const auto snapshot = board.snapshot();
-               for (const auto& model : snapshot) {
-                 models.push_back(model_object(model));
-                 // A model the registry loads when asked for can serve: it does not hold readiness back.
-                 const bool servable =
-                     model.state == ModelState::loaded || (model.state == ModelState::available && model.on_demand);
-                 if (!servable) {
-                   reasons.push_back(fmt::format("{} model '{}' is {}{}{}", model.service, model.id,
-                                                 model_state_name(model.state), model.detail.empty() ? "" : ": ",
-                                                 model.detail));
-                 }
-               }
-               if (snapshot.empty() && expects_models)
-                 reasons.emplace_back("no service is enabled: enable vision, speech or image in the config");
-               if (draining.load()) reasons.insert(reasons.begin(), "shutting down: draining in-flight requests");
-               const bool ready = reasons.empty();
-               const nlohmann::json body = {
-                   {"status", ready ? "ready" : "not_ready"}, {"reasons", reasons}, {"models", models}};
-               co_await exchange.respond_json(ready ? 200 : 503, body);
-             });
+  router.add("GET", "/readyz", [&board, &draining, expects_models](http::HttpExchange& exchange) -> Task<void> {
+    nlohmann::json models = nlohmann::json::array();
+    std::vector<std::string> reasons;
+    const auto snapshot = board.snapshot();
+    for (const auto& model : snapshot) {
+      models.push_back(model_object(model));
+      // A model the registry loads when asked for can serve: it does not hold readiness back.
+      const bool servable =
+          model.state == ModelState::loaded || (model.state == ModelState::available && model.on_demand);
+      if (!servable) {
+        reasons.push_back(fmt::format("{} model '{}' is {}{}{}", model.service, model.id, model_state_name(model.state),
+                                      model.detail.empty() ? "" : ": ", model.detail));
+      }
+    }
+    if (snapshot.empty() && expects_models)
+      reasons.emplace_back("no service is enabled: enable vision, speech or image in the config");
+    if (draining.load()) reasons.insert(reasons.begin(), "shutting down: draining in-flight requests");
+    const bool ready = reasons.empty();
+    const nlohmann::json body = {{"status", ready ? "ready" : "not_ready"}, {"reasons", reasons}, {"models", models}};
+    co_await exchange.respond_json(ready ? 200 : 503, body);
+  });
 
-  router.add("GET", "/metrics", [&metrics](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/metrics", [&metrics](http::HttpExchange& exchange) -> Task<void> {
     co_await exchange.respond(200, metrics.registry.render(), "text/plain; version=0.0.4; charset=utf-8");
   });
 
-  router.add("GET", "/v1/models", [&board](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/v1/models", [&board](http::HttpExchange& exchange) -> Task<void> {
     nlohmann::json data = nlohmann::json::array();
     for (const auto& model : board.snapshot())
       data.push_back(model_object(model));
@@ -61,7 +60,7 @@ void register_system_routes(http::Router& router, const ModelBoard& board, Serve
     co_await exchange.respond_json(200, body);
   });
 
-  router.add("GET", "/v1/models/{id}", [&board](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/v1/models/{id}", [&board](http::HttpExchange& exchange) -> Task<void> {
     const std::string& id = exchange.path_params().at("id");
     for (const auto& model : board.snapshot()) {
       if (model.id == id) {

@@ -1,5 +1,6 @@
 #include "app/hf_download.hpp"
 
+#include "core/task.hpp"
 #include "core/version.hpp"
 #include "storage/digest.hpp"
 
@@ -10,7 +11,6 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
@@ -107,8 +107,8 @@ struct BodyCut : std::runtime_error {
 };
 
 template <typename Stream>
-net::awaitable<Head> exchange(Stream& stream, const Target& target, const std::string& range,
-                              const DownloadOptions& options, const OnHead& on_head, const OnData& on_data) {
+Task<Head> exchange(Stream& stream, const Target& target, const std::string& range, const DownloadOptions& options,
+                    const OnHead& on_head, const OnData& on_data) {
   auto& lowest = beast::get_lowest_layer(stream);
   bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target.path, 11};
   const bool default_port = target.port == (target.scheme == "https" ? "443" : "80");
@@ -123,14 +123,14 @@ net::awaitable<Head> exchange(Stream& stream, const Target& target, const std::s
     request.set(bhttp::field::authorization, "Bearer " + options.token);
   }
   lowest.expires_after(options.idle_timeout);
-  co_await bhttp::async_write(stream, request, net::use_awaitable);
+  co_await bhttp::async_write(stream, request, use_task);
 
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::buffer_body> parser;
   parser.header_limit(64 * 1024);
   parser.body_limit(std::numeric_limits<std::uint64_t>::max()); // boost 1.74 mis-compares boost::none
   lowest.expires_after(options.idle_timeout);
-  co_await bhttp::async_read_header(stream, buffer, parser, net::use_awaitable);
+  co_await bhttp::async_read_header(stream, buffer, parser, use_task);
   const auto& message = parser.get();
   Head head;
   head.status = message.result_int();
@@ -147,7 +147,7 @@ net::awaitable<Head> exchange(Stream& stream, const Target& target, const std::s
     parser.get().body().size = chunk.size();
     lowest.expires_after(options.idle_timeout);
     boost::system::error_code error;
-    co_await bhttp::async_read(stream, buffer, parser, net::redirect_error(net::use_awaitable, error));
+    co_await bhttp::async_read(stream, buffer, parser, net::redirect_error(use_task, error));
     if (error == bhttp::error::need_buffer) error = {};
     const size_t got = chunk.size() - parser.get().body().size;
     if (got > 0) on_data(chunk.data(), got);
@@ -168,18 +168,17 @@ net::ssl::context& tls_context() {
 
 // GET with redirects followed; the first SHA-256 stated on the way wins
 // (Hugging Face puts it on the resolve answer, not on the CDN's).
-net::awaitable<Head> get(std::string url, std::string range, const DownloadOptions& options, OnHead on_head,
-                         OnData on_data) {
+Task<Head> get(std::string url, std::string range, const DownloadOptions& options, OnHead on_head, OnData on_data) {
   auto executor = co_await net::this_coro::executor;
   std::string stated_sha256;
   for (int redirects = 0;; ++redirects) {
     const auto target = parse_target(url);
     if (!target) throw DownloadError(fmt::format("'{}' is not an http(s) URL", url));
     tcp::resolver resolver(executor);
-    const auto addresses = co_await resolver.async_resolve(target->host, target->port, net::use_awaitable);
+    const auto addresses = co_await resolver.async_resolve(target->host, target->port, use_task);
     beast::tcp_stream socket(executor);
     socket.expires_after(options.idle_timeout);
-    co_await socket.async_connect(addresses, net::use_awaitable);
+    co_await socket.async_connect(addresses, use_task);
     Head head;
     if (target->scheme == "https") {
       beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), tls_context());
@@ -188,7 +187,7 @@ net::awaitable<Head> get(std::string url, std::string range, const DownloadOptio
       }
       stream.set_verify_callback(net::ssl::host_name_verification(target->host));
       beast::get_lowest_layer(stream).expires_after(options.idle_timeout);
-      co_await stream.async_handshake(net::ssl::stream_base::client, net::use_awaitable);
+      co_await stream.async_handshake(net::ssl::stream_base::client, use_task);
       head = co_await exchange(stream, *target, range, options, on_head, on_data);
     } else {
       head = co_await exchange(socket, *target, range, options, on_head, on_data);

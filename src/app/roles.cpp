@@ -1,5 +1,6 @@
 #include "app/roles.hpp"
 
+#include "core/task.hpp"
 #include "gateway/gateway.hpp"
 #include "playground/playground_routes.hpp"
 
@@ -320,15 +321,15 @@ int run_role(Role role, const Config& config) {
       api::chat_image_policy(config.media, vision ? open_media_cache(config.media, metrics) : nullptr);
   image_policy.archive = archive;
   if (vision) {
-    api::register_chat_routes(
-        router,
-        [&registry, &image_policy, &metrics](const api::ChatRequest& request,
-                                             http::HttpExchange& exchange) -> http::net::awaitable<void> {
-          const std::string id = registry->resolve("vision", request.model, "chat");
-          // The lease keeps the model loaded until the answer is written.
-          const ModelLease lease = co_await registry->acquire(id, exchange.deadline());
-          co_await api::run_chat_completion(lease.get<vlm::VlmEngine>(), request, image_policy, metrics, exchange);
-        });
+    api::register_chat_routes(router,
+                              [&registry, &image_policy, &metrics](const api::ChatRequest& request,
+                                                                   http::HttpExchange& exchange) -> Task<void> {
+                                const std::string id = registry->resolve("vision", request.model, "chat");
+                                // The lease keeps the model loaded until the answer is written.
+                                const ModelLease lease = co_await registry->acquire(id, exchange.deadline());
+                                co_await api::run_chat_completion(lease.get<vlm::VlmEngine>(), request, image_policy,
+                                                                  metrics, exchange);
+                              });
   }
   if (speech) api::register_speech_routes(router, *registry, config.speech.max_audio_bytes, archive);
   if (image) {

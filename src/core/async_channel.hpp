@@ -3,12 +3,12 @@
 // the executor the channel was made for.
 #pragma once
 
+#include "core/task.hpp"
+
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/awaitable.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include <memory>
 #include <mutex>
@@ -34,7 +34,7 @@ public:
 
   // On the channel's executor: everything pushed so far, waiting while empty;
   // empty only when `deadline` passed first.
-  boost::asio::awaitable<std::vector<T>>
+  Task<std::vector<T>>
   next_batch(std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max()) {
     for (;;) {
       {
@@ -48,7 +48,7 @@ public:
       if (std::chrono::steady_clock::now() >= deadline) co_return std::vector<T>{};
       timer_.expires_at(deadline);
       boost::system::error_code ec;
-      co_await timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+      co_await timer_.async_wait(boost::asio::redirect_error(use_task, ec));
     }
   }
 

@@ -1,9 +1,9 @@
 #include "core/http_exchange.hpp"
 
+#include "core/task.hpp"
 #include "core/version.hpp"
 
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <fmt/format.h>
 #include <poll.h>
@@ -32,13 +32,6 @@ int hex_value(char c) {
 }
 
 } // namespace
-
-IoExecutor io_executor_of(const net::any_io_executor& executor) {
-  if (const auto* plain = executor.target<IoExecutor>()) return *plain;
-  // Another io_context executor type (tracking work, say): every execution
-  // context that runs HTTP coroutines here is an io_context.
-  return static_cast<net::io_context&>(net::query(executor, net::execution::context)).get_executor();
-}
 
 std::optional<std::string> url_decode(std::string_view text) {
   std::string out;
@@ -124,7 +117,7 @@ void HttpExchange::arm_timer() {
   deadline_.expires_at(std::min(io_deadline, limits_.deadline));
 }
 
-net::awaitable<void> HttpExchange::send_continue_if_expected() {
+Task<void> HttpExchange::send_continue_if_expected() {
   if (continue_sent_) co_return;
   continue_sent_ = true;
   if (!beast::iequals(header(bhttp::field::expect), "100-continue")) co_return;
@@ -132,12 +125,12 @@ net::awaitable<void> HttpExchange::send_continue_if_expected() {
   boost::system::error_code ec;
   arm_timer();
   co_await net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
-                            net::redirect_error(net::use_awaitable, ec));
+                            net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
   if (ec) throw ClientGone("client went away before sending its body: " + ec.message());
 }
 
-net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
+Task<std::string_view> HttpExchange::read_body_chunk() {
   if (parser_.is_done()) co_return std::string_view();
   // An oversize Content-Length never gets here: the server answers 413 before calling a handler.
   co_await send_continue_if_expected();
@@ -148,7 +141,7 @@ net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
     body.size = kChunkBufferSize;
     boost::system::error_code ec;
     arm_timer();
-    co_await bhttp::async_read_some(stream_, buffer_, parser_, net::redirect_error(net::use_awaitable, ec));
+    co_await bhttp::async_read_some(stream_, buffer_, parser_, net::redirect_error(use_task, ec));
     ec = deadline_.settle(ec);
     if (ec == bhttp::error::need_buffer) ec = {};
     if (ec) {
@@ -173,7 +166,7 @@ net::awaitable<std::string_view> HttpExchange::read_body_chunk() {
   }
 }
 
-net::awaitable<std::string> HttpExchange::read_body(std::optional<uint64_t> limit) {
+Task<std::string> HttpExchange::read_body(std::optional<uint64_t> limit) {
   const uint64_t max_bytes = std::min(limit.value_or(limits_.max_body_bytes), limits_.max_body_bytes);
   if (const auto length = content_length(); length && *length > max_bytes) {
     force_close_ = true;
@@ -255,7 +248,7 @@ template <typename Message> void HttpExchange::apply_common_headers(Message& mes
     message.set(name, value);
 }
 
-net::awaitable<void> HttpExchange::respond(unsigned status, std::string body, std::string_view content_type) {
+Task<void> HttpExchange::respond(unsigned status, std::string body, std::string_view content_type) {
   if (response_started_) throw std::logic_error("response already started");
   response_started_ = true;
   status_ = status;
@@ -269,7 +262,7 @@ net::awaitable<void> HttpExchange::respond(unsigned status, std::string body, st
   boost::system::error_code ec;
   arm_timer();
   bhttp::response_serializer<bhttp::string_body> serializer{response};
-  const size_t written = co_await bhttp::async_write(stream_, serializer, net::redirect_error(net::use_awaitable, ec));
+  const size_t written = co_await bhttp::async_write(stream_, serializer, net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
   bytes_sent_ += written;
   if (ec) {
@@ -279,18 +272,18 @@ net::awaitable<void> HttpExchange::respond(unsigned status, std::string body, st
   response_finished_ = true;
 }
 
-net::awaitable<void> HttpExchange::respond_json(unsigned status, const nlohmann::json& body) {
+Task<void> HttpExchange::respond_json(unsigned status, const nlohmann::json& body) {
   co_await respond(status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n",
                    "application/json");
 }
 
-net::awaitable<void> HttpExchange::respond_error(const ApiError& error) {
+Task<void> HttpExchange::respond_error(const ApiError& error) {
   if (error.retry_after_seconds() > 0) set_header("Retry-After", std::to_string(error.retry_after_seconds()));
   if (error.status() == 413 || error.status() == 431 || error.status() == 408) force_close_ = true;
   co_await respond_json(static_cast<unsigned>(error.status()), error.to_json());
 }
 
-net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_view content_type) {
+Task<void> HttpExchange::begin_stream(unsigned status, std::string_view content_type) {
   if (response_started_) throw std::logic_error("response already started");
   response_started_ = true;
   status_ = status;
@@ -306,8 +299,7 @@ net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_vie
   stream_serializer_.emplace(header);
   boost::system::error_code ec;
   arm_timer();
-  bytes_sent_ +=
-      co_await bhttp::async_write_header(stream_, *stream_serializer_, net::redirect_error(net::use_awaitable, ec));
+  bytes_sent_ += co_await bhttp::async_write_header(stream_, *stream_serializer_, net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
   if (ec) {
     force_close_ = true;
@@ -315,8 +307,8 @@ net::awaitable<void> HttpExchange::begin_stream(unsigned status, std::string_vie
   }
 }
 
-net::awaitable<void> HttpExchange::begin_relay(unsigned status, HeaderViews headers,
-                                               std::optional<uint64_t> content_length, std::string_view first_piece) {
+Task<void> HttpExchange::begin_relay(unsigned status, HeaderViews headers, std::optional<uint64_t> content_length,
+                                     std::string_view first_piece) {
   if (response_started_) throw std::logic_error("response already started");
   response_started_ = true;
   streaming_ = true;
@@ -365,8 +357,7 @@ net::awaitable<void> HttpExchange::begin_relay(unsigned status, HeaderViews head
     pieces[count++] = net::buffer(first_piece.data(), first_piece.size());
     if (stream_chunked_) pieces[count++] = net::buffer("\r\n", 2);
   }
-  bytes_sent_ +=
-      co_await net::async_write(stream_, std::span(pieces.data(), count), net::redirect_error(net::use_awaitable, ec));
+  bytes_sent_ += co_await net::async_write(stream_, std::span(pieces.data(), count), net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
   if (ec) {
     force_close_ = true;
@@ -375,17 +366,17 @@ net::awaitable<void> HttpExchange::begin_relay(unsigned status, HeaderViews head
   if (bodiless) response_finished_ = true;
 }
 
-net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
+Task<void> HttpExchange::write_chunk(std::string_view data) {
   if (!streaming_) throw std::logic_error("write_chunk before begin_stream");
   if (data.empty()) co_return; // an empty chunk would end the stream
   boost::system::error_code ec;
   arm_timer();
   if (stream_chunked_) {
     bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk(net::const_buffer(data.data(), data.size())),
-                                             net::redirect_error(net::use_awaitable, ec));
+                                             net::redirect_error(use_task, ec));
   } else {
     bytes_sent_ += co_await net::async_write(stream_, net::const_buffer(data.data(), data.size()),
-                                             net::redirect_error(net::use_awaitable, ec));
+                                             net::redirect_error(use_task, ec));
   }
   ec = deadline_.settle(ec);
   if (ec) {
@@ -394,7 +385,7 @@ net::awaitable<void> HttpExchange::write_chunk(std::string_view data) {
   }
 }
 
-net::awaitable<void> HttpExchange::end_stream() {
+Task<void> HttpExchange::end_stream() {
   if (!streaming_) throw std::logic_error("end_stream before begin_stream");
   if (!stream_chunked_) { // a relayed body of known length (or none) ends with its last byte
     response_finished_ = true;
@@ -402,8 +393,7 @@ net::awaitable<void> HttpExchange::end_stream() {
   }
   boost::system::error_code ec;
   arm_timer();
-  bytes_sent_ +=
-      co_await net::async_write(stream_, bhttp::make_chunk_last(), net::redirect_error(net::use_awaitable, ec));
+  bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk_last(), net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
   if (ec) {
     force_close_ = true;

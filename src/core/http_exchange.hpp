@@ -6,8 +6,8 @@
 
 #include "core/api_error.hpp"
 #include "core/io_deadline.hpp"
+#include "core/task.hpp"
 
-#include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -32,8 +32,6 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 
-// The io_context executor behind a coroutine's executor (every context here is an io_context).
-IoExecutor io_executor_of(const net::any_io_executor& executor);
 using RequestParser = bhttp::request_parser<bhttp::buffer_body>;
 
 // Thrown when the client went away mid-request; the server closes quietly.
@@ -84,23 +82,23 @@ public:
 
   // The whole body, at most `limit` bytes (default: the server's body limit):
   // 413 as soon as it is known to be larger.
-  net::awaitable<std::string> read_body(std::optional<uint64_t> limit = std::nullopt);
+  Task<std::string> read_body(std::optional<uint64_t> limit = std::nullopt);
   // The next piece of the body, or an empty view at its end. The view stays
   // valid until the next call. Bounded by the server's body limit (413).
-  net::awaitable<std::string_view> read_body_chunk();
+  Task<std::string_view> read_body_chunk();
   bool body_complete() const { return parser_.is_done(); }
   uint64_t body_bytes_read() const { return body_bytes_read_; }
 
   // ---- response ----
   void set_header(std::string name, std::string value);
-  net::awaitable<void> respond(unsigned status, std::string body, std::string_view content_type);
-  net::awaitable<void> respond_json(unsigned status, const nlohmann::json& body);
-  net::awaitable<void> respond_error(const ApiError& error);
+  Task<void> respond(unsigned status, std::string body, std::string_view content_type);
+  Task<void> respond_json(unsigned status, const nlohmann::json& body);
+  Task<void> respond_error(const ApiError& error);
 
   // Chunked streaming response (SSE and the like).
-  net::awaitable<void> begin_stream(unsigned status, std::string_view content_type);
-  net::awaitable<void> write_chunk(std::string_view data);
-  net::awaitable<void> end_stream();
+  Task<void> begin_stream(unsigned status, std::string_view content_type);
+  Task<void> write_chunk(std::string_view data);
+  Task<void> end_stream();
 
   // A response whose head a proxy copies from elsewhere: `headers` as given
   // (hop-by-hop fields already removed; any this exchange sets itself are
@@ -110,8 +108,8 @@ public:
   // and end_stream; `first_piece`, when given, goes out in the same write as
   // the head. The head is written directly, without a Beast message.
   using HeaderViews = std::span<const std::pair<std::string_view, std::string_view>>;
-  net::awaitable<void> begin_relay(unsigned status, HeaderViews headers, std::optional<uint64_t> content_length,
-                                   std::string_view first_piece = {});
+  Task<void> begin_relay(unsigned status, HeaderViews headers, std::optional<uint64_t> content_length,
+                         std::string_view first_piece = {});
 
   // True once the client has closed its side: long jobs stop early.
   bool peer_closed();
@@ -130,7 +128,7 @@ public:
 
 private:
   template <typename Message> void apply_common_headers(Message& message);
-  net::awaitable<void> send_continue_if_expected();
+  Task<void> send_continue_if_expected();
   void arm_timer();
 
   TcpStream& stream_;

@@ -1,6 +1,7 @@
 #include "core/http_server.hpp"
 
 #include "core/logging.hpp"
+#include "core/task.hpp"
 #include "core/version.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -10,7 +11,6 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -40,7 +40,7 @@ std::chrono::milliseconds to_millis(double seconds) {
 
 // Answers a request that never became an exchange (unparseable, or refused
 // at the door) and ends the connection.
-net::awaitable<void> write_error_and_close(TcpStream& stream, const ApiError& error, const std::string& request_id) {
+Task<void> write_error_and_close(TcpStream& stream, const ApiError& error, const std::string& request_id) {
   bhttp::response<bhttp::string_body> response{static_cast<bhttp::status>(error.status()), 11};
   response.set(bhttp::field::server, std::string("mmserve/") + kVersion);
   response.set(bhttp::field::content_type, "application/json");
@@ -52,20 +52,20 @@ net::awaitable<void> write_error_and_close(TcpStream& stream, const ApiError& er
   response.keep_alive(false);
   boost::system::error_code ec;
   stream.expires_after(std::chrono::seconds(5));
-  co_await bhttp::async_write(stream, response, net::redirect_error(net::use_awaitable, ec));
+  co_await bhttp::async_write(stream, response, net::redirect_error(use_task, ec));
 }
 
 // After answering without reading the whole body (a 413, say), closing at
 // once could reset the connection before the client reads the answer. Stop
 // sending, then read and discard for a bounded time and size, then close.
-net::awaitable<void> lingering_close(TcpStream& stream) {
+Task<void> lingering_close(TcpStream& stream) {
   boost::system::error_code ec;
   stream.socket().shutdown(tcp::socket::shutdown_send, ec);
   std::array<char, size_t{16} * 1024> discard{};
   size_t total = 0;
   stream.expires_after(std::chrono::seconds(2));
   while (total < (4u << 20)) {
-    const size_t n = co_await stream.async_read_some(net::buffer(discard), net::redirect_error(net::use_awaitable, ec));
+    const size_t n = co_await stream.async_read_some(net::buffer(discard), net::redirect_error(use_task, ec));
     if (ec) break;
     total += n;
   }
@@ -134,7 +134,7 @@ void HttpServer::listen() {
 }
 
 void HttpServer::run() {
-  net::co_spawn(acceptor_.get_executor(), accept_loop(), net::detached);
+  net::co_spawn(ioc_, accept_loop(), net::detached);
   std::vector<std::thread> threads;
   std::vector<net::executor_work_guard<net::io_context::executor_type>> keep_running;
   for (auto& context : more_contexts_) {
@@ -148,18 +148,18 @@ void HttpServer::run() {
     thread.join();
 }
 
-net::awaitable<void> HttpServer::accept_loop() {
+Task<void> HttpServer::accept_loop() {
   for (;;) {
     boost::system::error_code ec;
     const size_t index = next_context();
     TcpSocket socket(context(index));
-    co_await acceptor_.async_accept(socket, net::redirect_error(net::use_awaitable, ec));
+    co_await acceptor_.async_accept(socket, net::redirect_error(use_task, ec));
     if (ec) {
       if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
       spdlog::warn("accept failed: {}", ec.message());
       // Out of descriptors and the like: back off instead of spinning.
       net::steady_timer pause(co_await net::this_coro::executor, std::chrono::milliseconds(50));
-      co_await pause.async_wait(net::redirect_error(net::use_awaitable, ec));
+      co_await pause.async_wait(net::redirect_error(use_task, ec));
       continue;
     }
     auto executor = socket.get_executor();
@@ -172,7 +172,7 @@ net::awaitable<void> HttpServer::accept_loop() {
   }
 }
 
-net::awaitable<void> HttpServer::refuse_connection(TcpSocket socket) {
+Task<void> HttpServer::refuse_connection(TcpSocket socket) {
   TcpStream stream(std::move(socket));
   co_await write_error_and_close(
       stream,
@@ -182,8 +182,7 @@ net::awaitable<void> HttpServer::refuse_connection(TcpSocket socket) {
   co_await lingering_close(stream);
 }
 
-net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper,
-                                                  DeadlineSweeper& deadlines) {
+Task<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper, DeadlineSweeper& deadlines) {
   boost::system::error_code ec;
   const auto peer = socket.remote_endpoint(ec);
   const std::string remote = ec ? std::string("unknown") : peer.address().to_string();
@@ -215,7 +214,7 @@ net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweepe
     connection->idle = true;
     if (draining_) break;
     deadline.expires_after(to_millis(config_.idle_timeout_s));
-    co_await bhttp::async_read_header(stream, buffer, *parser, net::redirect_error(net::use_awaitable, ec));
+    co_await bhttp::async_read_header(stream, buffer, *parser, net::redirect_error(use_task, ec));
     ec = deadline.settle(ec);
     connection->idle = false;
     if (ec) {
@@ -255,9 +254,8 @@ net::awaitable<void> HttpServer::serve_connection(TcpSocket socket, HangupSweepe
   metrics_.http_connections_open.labels({}).dec();
 }
 
-net::awaitable<bool> HttpServer::handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer,
-                                                RequestParser& parser, const std::string& remote,
-                                                HangupSweeper& sweeper) {
+Task<bool> HttpServer::handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer,
+                                      RequestParser& parser, const std::string& remote, HangupSweeper& sweeper) {
   const auto started = Clock::now();
   const auto client_id = parser.get().find("X-Request-Id");
   const std::string request_id =
@@ -383,7 +381,7 @@ void HttpServer::close_idle_connections() {
   }
 }
 
-net::awaitable<void> HttpServer::watch_drain(std::chrono::steady_clock::time_point deadline) {
+Task<void> HttpServer::watch_drain(std::chrono::steady_clock::time_point deadline) {
   net::steady_timer timer(co_await net::this_coro::executor);
   for (;;) {
     if (active_requests_.load() == 0) {
@@ -398,7 +396,7 @@ net::awaitable<void> HttpServer::watch_drain(std::chrono::steady_clock::time_poi
     close_idle_connections();
     timer.expires_after(std::chrono::milliseconds(20));
     boost::system::error_code ec;
-    co_await timer.async_wait(net::redirect_error(net::use_awaitable, ec));
+    co_await timer.async_wait(net::redirect_error(use_task, ec));
   }
   stop();
 }

@@ -6,6 +6,7 @@
 #include "core/config.hpp"
 #include "core/router.hpp"
 #include "core/server_metrics.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -49,18 +50,18 @@ public:
 
   // Runs before the router for every request (the gateway: access control,
   // CORS, proxying). Returns true when it answered the request itself.
-  using FrontHandler = std::function<net::awaitable<bool>(HttpExchange&)>;
+  using FrontHandler = std::function<Task<bool>(HttpExchange&)>;
   void set_front(FrontHandler front) { front_ = std::move(front); }
 
 private:
   struct Connection;
 
-  net::awaitable<void> accept_loop();
-  net::awaitable<void> serve_connection(TcpSocket socket, HangupSweeper& sweeper, DeadlineSweeper& deadlines);
-  net::awaitable<void> refuse_connection(TcpSocket socket);
-  net::awaitable<bool> handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer,
-                                      RequestParser& parser, const std::string& remote, HangupSweeper& sweeper);
-  net::awaitable<void> watch_drain(std::chrono::steady_clock::time_point deadline);
+  Task<void> accept_loop();
+  Task<void> serve_connection(TcpSocket socket, HangupSweeper& sweeper, DeadlineSweeper& deadlines);
+  Task<void> refuse_connection(TcpSocket socket);
+  Task<bool> handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
+                            const std::string& remote, HangupSweeper& sweeper);
+  Task<void> watch_drain(std::chrono::steady_clock::time_point deadline);
   void close_idle_connections();
 
   const ServerConfig config_;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "core/intrusive_list.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -22,10 +23,10 @@ namespace beast = boost::beast;
 
 using Clock = std::chrono::steady_clock;
 // Connections are bound to one single-threaded io_context from accept to
-// close; naming its executor type (instead of Asio's type-erased
-// any_io_executor) keeps each I/O operation's executor bookkeeping off the
-// type-erased path.
-using IoExecutor = net::io_context::executor_type;
+// close; sockets typed with its executor (instead of Asio's type-erased
+// any_io_executor) keep each I/O operation's bookkeeping off the type-erased
+// path, as Task does for the coroutines.
+using IoExecutor = mmserve::IoExecutor;
 using TcpStream = beast::basic_stream<net::ip::tcp, IoExecutor>;
 using TcpSocket = TcpStream::socket_type;
 

@@ -1,10 +1,10 @@
 #include "core/model_registry.hpp"
 
 #include "core/logging.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -351,7 +351,7 @@ std::optional<ModelLease> ModelRegistry::try_lease(const std::string& id, bool s
   return std::nullopt;
 }
 
-http::net::awaitable<ModelLease> ModelRegistry::acquire(std::string id, http::Clock::time_point deadline) {
+Task<ModelLease> ModelRegistry::acquire(std::string id, http::Clock::time_point deadline) {
   boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
   // Room held by requests that are just finishing frees up within moments:
   // a full budget is waited out this long before it is an answer.
@@ -369,7 +369,7 @@ http::net::awaitable<ModelLease> ModelRegistry::acquire(std::string id, http::Cl
     }
     // Loads take seconds; a short poll keeps this free of callbacks across threads.
     timer.expires_after(std::min<Clock::duration>(std::chrono::milliseconds(50), deadline - Clock::now()));
-    co_await timer.async_wait(boost::asio::use_awaitable);
+    co_await timer.async_wait(use_task);
   }
 }
 
@@ -420,7 +420,7 @@ ModelStatus ModelRegistry::try_unload(const std::string& id) {
   return status;
 }
 
-http::net::awaitable<ModelStatus> ModelRegistry::unload(std::string id) {
+Task<ModelStatus> ModelRegistry::unload(std::string id) {
   boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
   const auto patience = Clock::now() + kFinishingGrace;
   for (;;) {
@@ -430,7 +430,7 @@ http::net::awaitable<ModelStatus> ModelRegistry::unload(std::string id) {
       if (error.code() != "model_in_use" || Clock::now() >= patience) throw;
     }
     timer.expires_after(std::chrono::milliseconds(20));
-    co_await timer.async_wait(boost::asio::use_awaitable);
+    co_await timer.async_wait(use_task);
   }
 }
 

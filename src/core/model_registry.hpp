@@ -8,6 +8,7 @@
 #include "core/http_exchange.hpp"
 #include "core/model_board.hpp"
 #include "core/server_metrics.hpp"
+#include "core/task.hpp"
 
 #include <condition_variable>
 #include <functional>
@@ -88,12 +89,12 @@ public:
   // room) and waiting, without blocking the thread, until it is loaded or
   // `deadline` passes. Throws ApiError: 503 when it cannot load now or
   // failed, 507 when it can never fit the budget.
-  http::net::awaitable<ModelLease> acquire(std::string id, http::Clock::time_point deadline);
+  Task<ModelLease> acquire(std::string id, http::Clock::time_point deadline);
 
   // Admin: start loading (no wait); unload, after waiting up to a second
   // for requests that are finishing (409 while it still serves some).
   ModelStatus load(const std::string& id);
-  http::net::awaitable<ModelStatus> unload(std::string id);
+  Task<ModelStatus> unload(std::string id);
   ModelStatus status(const std::string& id) const;
 
   // The budget "auto" means: 90% of the cgroup memory limit (a Kubernetes

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/http_exchange.hpp"
+#include "core/task.hpp"
 
 #include <functional>
 #include <memory>
@@ -12,7 +13,7 @@
 
 namespace mmserve::http {
 
-using Handler = std::function<net::awaitable<void>(HttpExchange&)>;
+using Handler = std::function<Task<void>(HttpExchange&)>;
 
 struct Route {
   std::string method;  // "GET", "POST", ...

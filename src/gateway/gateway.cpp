@@ -1,6 +1,7 @@
 #include "gateway/gateway.hpp"
 
 #include "core/logging.hpp"
+#include "core/task.hpp"
 #include "gateway/proxy.hpp"
 
 #include <fmt/format.h>
@@ -127,7 +128,7 @@ void Gateway::check_access(http::HttpExchange& exchange) {
   }
 }
 
-net::awaitable<nlohmann::json> Gateway::merged_models(http::HttpExchange& exchange) {
+Task<nlohmann::json> Gateway::merged_models(http::HttpExchange& exchange) {
   nlohmann::json data = nlohmann::json::array();
   std::set<std::string> seen;
   auto add = [&](const nlohmann::json& list) {
@@ -150,7 +151,7 @@ net::awaitable<nlohmann::json> Gateway::merged_models(http::HttpExchange& exchan
   co_return data;
 }
 
-net::awaitable<bool> Gateway::handle(http::HttpExchange& exchange) {
+Task<bool> Gateway::handle(http::HttpExchange& exchange) {
   if (apply_cors(exchange)) {
     co_await exchange.respond(204, std::string(), "text/plain");
     co_return true;

@@ -7,6 +7,7 @@
 #include "core/config.hpp"
 #include "core/http_exchange.hpp"
 #include "core/server_metrics.hpp"
+#include "core/task.hpp"
 #include "gateway/access_control.hpp"
 #include "gateway/rate_limiter.hpp"
 #include "gateway/route_table.hpp"
@@ -33,14 +34,14 @@ public:
   void set_local_models(std::function<nlohmann::json()> list) { local_models_ = std::move(list); }
 
   // The HTTP server's front handler: true when the request was answered here.
-  net::awaitable<bool> handle(http::HttpExchange& exchange);
+  Task<bool> handle(http::HttpExchange& exchange);
 
   bool proxies_anything() const { return !pools_.empty(); }
 
 private:
   bool apply_cors(http::HttpExchange& exchange);
   void check_access(http::HttpExchange& exchange);
-  net::awaitable<nlohmann::json> merged_models(http::HttpExchange& exchange);
+  Task<nlohmann::json> merged_models(http::HttpExchange& exchange);
 
   const GatewayConfig& config_;
   ServerMetrics& metrics_;

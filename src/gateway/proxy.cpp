@@ -1,9 +1,9 @@
 #include "gateway/proxy.hpp"
 
 #include "core/logging.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <fmt/format.h>
 
@@ -149,14 +149,13 @@ ApiError gateway_timeout(const std::string& message) {
   return ApiError(504, message, "api_error", "upstream_timeout");
 }
 
-net::awaitable<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, Endpoint& endpoint,
-                                                            http::DeadlineSweeper& deadlines) {
+Task<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, Endpoint& endpoint,
+                                                  http::DeadlineSweeper& deadlines) {
   // On the request's own I/O context: its completions then resume the request without a thread hop.
-  auto connection =
-      std::make_unique<UpstreamConnection>(http::io_executor_of(co_await net::this_coro::executor), deadlines);
+  auto connection = std::make_unique<UpstreamConnection>(co_await net::this_coro::executor, deadlines);
   boost::system::error_code ec;
   connection->deadline.expires_after(millis(pool.config().connect_timeout_s));
-  co_await connection->stream.async_connect(endpoint.address, net::redirect_error(net::use_awaitable, ec));
+  co_await connection->stream.async_connect(endpoint.address, net::redirect_error(use_task, ec));
   ec = connection->deadline.settle(ec);
   if (ec == beast::error::timeout) {
     throw UpstreamFailure("connect", fmt::format("connecting to {} timed out after {} s", endpoint.label,
@@ -169,7 +168,7 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, 
 
 } // namespace
 
-net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool) {
+Task<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool) {
   const GatewayConfig& config = pool.config();
   // Long streams are bounded by the read timeout between pieces, not by one deadline.
   exchange.set_deadline(http::Clock::time_point::max());
@@ -188,11 +187,11 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
     if (!lease) break;
     Endpoint& endpoint = lease->endpoint();
     try {
-      connection = pool.take_idle(endpoint, http::io_executor_of(co_await net::this_coro::executor));
+      connection = pool.take_idle(endpoint, co_await net::this_coro::executor);
       if (!connection) connection = co_await connect(pool, endpoint, exchange.deadline_sweeper());
       boost::system::error_code ec;
       connection->deadline.expires_after(millis(config.read_timeout_s));
-      co_await net::async_write(connection->stream, net::buffer(head), net::redirect_error(net::use_awaitable, ec));
+      co_await net::async_write(connection->stream, net::buffer(head), net::redirect_error(use_task, ec));
       ec = connection->deadline.settle(ec);
       if (ec) throw UpstreamFailure("send", fmt::format("sending to {} failed: {}", endpoint.label, ec.message()));
       break;
@@ -228,13 +227,13 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
       upstream_deadline.expires_after(millis(config.read_timeout_s));
       if (piece.empty()) {
         if (chunked_body)
-          co_await net::async_write(upstream, bhttp::make_chunk_last(), net::redirect_error(net::use_awaitable, ec));
+          co_await net::async_write(upstream, bhttp::make_chunk_last(), net::redirect_error(use_task, ec));
       } else if (chunked_body) {
         co_await net::async_write(upstream, bhttp::make_chunk(net::const_buffer(piece.data(), piece.size())),
-                                  net::redirect_error(net::use_awaitable, ec));
+                                  net::redirect_error(use_task, ec));
       } else {
         co_await net::async_write(upstream, net::const_buffer(piece.data(), piece.size()),
-                                  net::redirect_error(net::use_awaitable, ec));
+                                  net::redirect_error(use_task, ec));
       }
       ec = upstream_deadline.settle(ec);
       if (ec) {
@@ -264,8 +263,7 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
     });
     boost::system::error_code ec;
     upstream_deadline.expires_after(millis(config.read_timeout_s));
-    co_await bhttp::async_read_header(upstream, connection->buffer, parser,
-                                      net::redirect_error(net::use_awaitable, ec));
+    co_await bhttp::async_read_header(upstream, connection->buffer, parser, net::redirect_error(use_task, ec));
     ec = upstream_deadline.settle(ec);
     watch.stop();
     if (client_gone) throw http::ClientGone("client went away while the upstream was answering");
@@ -302,13 +300,13 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
   // The body, each piece passed on as it arrives.
   if (!connection->relay_buffer) connection->relay_buffer = std::make_unique_for_overwrite<char[]>(kRelayBufferSize);
   char* const buffer = connection->relay_buffer.get();
-  auto read_piece = [&]() -> net::awaitable<std::string_view> {
+  auto read_piece = [&]() -> Task<std::string_view> {
     auto& body = parser.get().body();
     body.data = buffer;
     body.size = kRelayBufferSize;
     boost::system::error_code ec;
     upstream_deadline.expires_after(millis(config.read_timeout_s));
-    co_await bhttp::async_read_some(upstream, connection->buffer, parser, net::redirect_error(net::use_awaitable, ec));
+    co_await bhttp::async_read_some(upstream, connection->buffer, parser, net::redirect_error(use_task, ec));
     ec = upstream_deadline.settle(ec);
     if (ec == bhttp::error::need_buffer || (ec == bhttp::error::end_of_stream && parser.is_done())) ec = {};
     if (ec) {
@@ -330,8 +328,8 @@ net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& p
   if (parser.keep_alive()) pool.give_back(endpoint, std::move(connection));
 }
 
-net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::string target,
-                                                                 const http::HttpExchange& exchange) {
+Task<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::string target,
+                                                       const http::HttpExchange& exchange) {
   const GatewayConfig& config = pool.config();
   const std::string& request_id = exchange.request_id();
   std::set<const Endpoint*> tried;
@@ -341,7 +339,7 @@ net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& p
     Endpoint& endpoint = lease->endpoint();
     tried.insert(&endpoint);
     try {
-      auto connection = pool.take_idle(endpoint, http::io_executor_of(co_await net::this_coro::executor));
+      auto connection = pool.take_idle(endpoint, co_await net::this_coro::executor);
       if (!connection) connection = co_await connect(pool, endpoint, exchange.deadline_sweeper());
       bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target, 11};
       request.set(bhttp::field::host, endpoint.address.address().to_string());
@@ -350,14 +348,13 @@ net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& p
       boost::system::error_code ec;
       const auto until = http::Clock::now() + millis(std::min(config.read_timeout_s, 10.0));
       connection->deadline.expires_at(until);
-      co_await bhttp::async_write(connection->stream, request, net::redirect_error(net::use_awaitable, ec));
+      co_await bhttp::async_write(connection->stream, request, net::redirect_error(use_task, ec));
       ec = connection->deadline.settle(ec);
       if (ec) throw UpstreamFailure("send", ec.message());
       bhttp::response_parser<bhttp::string_body> parser;
       parser.body_limit(4u << 20);
       connection->deadline.expires_at(until);
-      co_await bhttp::async_read(connection->stream, connection->buffer, parser,
-                                 net::redirect_error(net::use_awaitable, ec));
+      co_await bhttp::async_read(connection->stream, connection->buffer, parser, net::redirect_error(use_task, ec));
       ec = connection->deadline.settle(ec);
       if (ec) throw UpstreamFailure(ec == beast::error::timeout ? "timeout" : "read", ec.message());
       pool.report_success(endpoint);

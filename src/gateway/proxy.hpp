@@ -5,6 +5,7 @@
 #pragma once
 
 #include "core/http_exchange.hpp"
+#include "core/task.hpp"
 #include "gateway/upstream_pool.hpp"
 
 namespace mmserve::gateway {
@@ -14,12 +15,12 @@ namespace mmserve::gateway {
 // before the response starts are OpenAI-style JSON: 502 (upstream
 // unreachable or broke off), 503 (no usable endpoint, with Retry-After),
 // 504 (no answer within gateway.read_timeout).
-net::awaitable<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool);
+Task<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool);
 
 // One GET to some usable endpoint of the pool, for the gateway's own needs
 // (the merged /v1/models) while serving `exchange`. Returns the status and
 // the body (bounded).
-net::awaitable<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::string target,
-                                                                 const http::HttpExchange& exchange);
+Task<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::string target,
+                                                       const http::HttpExchange& exchange);
 
 } // namespace mmserve::gateway

@@ -1,11 +1,11 @@
 #include "gateway/upstream_pool.hpp"
 
 #include "core/logging.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
 #include <poll.h>
@@ -171,19 +171,19 @@ void UpstreamPool::stop() {
   }
 }
 
-net::awaitable<void> UpstreamPool::resolve_loop() {
+Task<void> UpstreamPool::resolve_loop() {
   const auto stopped = stopped_;
   const auto timer = resolve_timer_;
   tcp::resolver resolver(ioc_);
   while (!stopped->load()) {
     timer->expires_after(millis(config_.resolve_interval_s));
     boost::system::error_code ec;
-    co_await timer->async_wait(net::redirect_error(net::use_awaitable, ec));
+    co_await timer->async_wait(net::redirect_error(use_task, ec));
     if (stopped->load()) co_return;
     for (const auto& target : targets_) {
       if (target.literal) continue;
       const auto results = co_await resolver.async_resolve(target.address.host, std::to_string(target.address.port),
-                                                           net::redirect_error(net::use_awaitable, ec));
+                                                           net::redirect_error(use_task, ec));
       if (stopped->load()) co_return;
       apply_resolution(target, ec, results);
     }
@@ -191,28 +191,28 @@ net::awaitable<void> UpstreamPool::resolve_loop() {
   }
 }
 
-net::awaitable<bool> UpstreamPool::check_health(tcp::endpoint address) {
+Task<bool> UpstreamPool::check_health(tcp::endpoint address) {
   beast::tcp_stream stream(ioc_);
   boost::system::error_code ec;
   const auto timeout = std::min(millis(config_.health_interval_s), millis(std::max(config_.connect_timeout_s, 1.0)));
   stream.expires_after(timeout);
-  co_await stream.async_connect(address, net::redirect_error(net::use_awaitable, ec));
+  co_await stream.async_connect(address, net::redirect_error(use_task, ec));
   if (ec) co_return false;
   bhttp::request<bhttp::empty_body> request{bhttp::verb::get, config_.health_path, 11};
   request.set(bhttp::field::host, address.address().to_string());
   request.set(bhttp::field::user_agent, "mmserve-gateway-health-check");
   request.keep_alive(false);
-  co_await bhttp::async_write(stream, request, net::redirect_error(net::use_awaitable, ec));
+  co_await bhttp::async_write(stream, request, net::redirect_error(use_task, ec));
   if (ec) co_return false;
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::string_body> parser;
   parser.body_limit(64 * 1024);
-  co_await bhttp::async_read(stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
+  co_await bhttp::async_read(stream, buffer, parser, net::redirect_error(use_task, ec));
   stream.socket().close(ec);
   co_return parser.is_header_done() && parser.get().result_int() == 200;
 }
 
-net::awaitable<void> UpstreamPool::health_loop() {
+Task<void> UpstreamPool::health_loop() {
   const auto stopped = stopped_;
   const auto timer = health_timer_;
   while (!stopped->load()) {
@@ -239,7 +239,7 @@ net::awaitable<void> UpstreamPool::health_loop() {
     update_gauges();
     timer->expires_after(millis(config_.health_interval_s));
     boost::system::error_code ec;
-    co_await timer->async_wait(net::redirect_error(net::use_awaitable, ec));
+    co_await timer->async_wait(net::redirect_error(use_task, ec));
   }
 }
 

@@ -8,6 +8,7 @@
 #include "core/config.hpp"
 #include "core/http_exchange.hpp"
 #include "core/server_metrics.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -119,9 +120,9 @@ private:
   // New addresses for a target (endpoints whose address stays keep their state); on error, the old ones stay.
   void apply_resolution(const Target& target, const boost::system::error_code& ec,
                         const tcp::resolver::results_type& results);
-  net::awaitable<void> resolve_loop();
-  net::awaitable<void> health_loop();
-  net::awaitable<bool> check_health(tcp::endpoint address);
+  Task<void> resolve_loop();
+  Task<void> health_loop();
+  Task<bool> check_health(tcp::endpoint address);
   void update_gauges();
 
   const std::string name_;

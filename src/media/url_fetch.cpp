@@ -1,13 +1,13 @@
 #include "media/url_fetch.hpp"
 
 #include "core/api_error.hpp"
+#include "core/task.hpp"
 #include "core/version.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
@@ -131,8 +131,8 @@ struct Response {
 };
 
 template <typename Stream>
-net::awaitable<Response> send_get(Stream& stream, const Url& url, const FetchPolicy& policy, const std::string& text,
-                                  const std::string& param) {
+Task<Response> send_get(Stream& stream, const Url& url, const FetchPolicy& policy, const std::string& text,
+                        const std::string& param) {
   bhttp::request<bhttp::empty_body> request{bhttp::verb::get, url.target, 11};
   const bool v6 = url.host.find(':') != std::string::npos;
   const bool default_port = url.port == (url.scheme == "https" ? "443" : "80");
@@ -141,13 +141,13 @@ net::awaitable<Response> send_get(Stream& stream, const Url& url, const FetchPol
   request.set(bhttp::field::user_agent, std::string("mmserve/") + kVersion);
   request.set(bhttp::field::accept, "image/*");
   request.set(bhttp::field::connection, "close");
-  co_await bhttp::async_write(stream, request, net::use_awaitable);
+  co_await bhttp::async_write(stream, request, use_task);
 
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::string_body> parser;
   parser.header_limit(16 * 1024);
   parser.body_limit(policy.max_bytes);
-  co_await bhttp::async_read_header(stream, buffer, parser, net::use_awaitable);
+  co_await bhttp::async_read_header(stream, buffer, parser, use_task);
   Response response;
   response.status = parser.get().result_int();
   response.location = std::string(parser.get()[bhttp::field::location]);
@@ -162,7 +162,7 @@ net::awaitable<Response> send_get(Stream& stream, const Url& url, const FetchPol
         fmt::format("The image at '{}' is {} bytes; at most {} are accepted.", text, *length, policy.max_bytes), param,
         "image_too_large");
   }
-  co_await bhttp::async_read(stream, buffer, parser, net::use_awaitable);
+  co_await bhttp::async_read(stream, buffer, parser, use_task);
   response.body = std::move(parser.get().body());
   co_return response;
 }
@@ -185,14 +185,14 @@ std::shared_ptr<net::ssl::context> tls_client_context(const std::string& ca_file
 }
 
 // DNS with a deadline: the resolver is cancelled when the timer fires first.
-net::awaitable<tcp::resolver::results_type> resolve(const Url& url, Clock::time_point deadline) {
+Task<tcp::resolver::results_type> resolve(const Url& url, Clock::time_point deadline) {
   auto executor = co_await net::this_coro::executor;
   tcp::resolver resolver(executor);
   net::steady_timer timer(executor, deadline);
   timer.async_wait([&resolver](boost::system::error_code error) {
     if (!error) resolver.cancel();
   });
-  auto results = co_await resolver.async_resolve(url.host, url.port, net::use_awaitable);
+  auto results = co_await resolver.async_resolve(url.host, url.port, use_task);
   timer.cancel();
   co_return results;
 }
@@ -255,7 +255,7 @@ bool is_internal_address(const net::ip::address& address) {
   return false;
 }
 
-net::awaitable<FetchedBody> fetch_url(std::string text, const FetchPolicy& policy, std::string param) {
+Task<FetchedBody> fetch_url(std::string text, const FetchPolicy& policy, std::string param) {
   const auto deadline = Clock::now() + policy.timeout;
   auto executor = co_await net::this_coro::executor;
   std::string current = text;
@@ -301,7 +301,7 @@ net::awaitable<FetchedBody> fetch_url(std::string text, const FetchPolicy& polic
     try {
       beast::tcp_stream tcp_stream(executor);
       tcp_stream.expires_at(deadline);
-      co_await tcp_stream.async_connect(permitted, net::use_awaitable);
+      co_await tcp_stream.async_connect(permitted, use_task);
       if (url->scheme == "http") {
         response = co_await send_get(tcp_stream, *url, policy, current, param);
       } else {
@@ -311,7 +311,7 @@ net::awaitable<FetchedBody> fetch_url(std::string text, const FetchPolicy& polic
           throw fetch_failed(current, "TLS server name could not be set", param);
         }
         stream.set_verify_callback(net::ssl::host_name_verification(url->host));
-        co_await stream.async_handshake(net::ssl::stream_base::client, net::use_awaitable);
+        co_await stream.async_handshake(net::ssl::stream_base::client, use_task);
         response = co_await send_get(stream, *url, policy, current, param);
       }
     } catch (const boost::system::system_error& error) {

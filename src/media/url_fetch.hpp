@@ -7,9 +7,8 @@
 // the fetch. Every redirect hop is checked the same way.
 #pragma once
 
-#include <utility> // boost 1.74 awaitable.hpp uses std::exchange without it
+#include "core/task.hpp"
 
-#include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/address.hpp>
 
 #include <chrono>
@@ -54,6 +53,6 @@ struct FetchedBody {
 // `image_too_large` (past max_bytes) or `image_fetch_failed` (DNS,
 // connection, TLS, timeout, HTTP status, too many redirects); `param`
 // names the request field.
-boost::asio::awaitable<FetchedBody> fetch_url(std::string url, const FetchPolicy& policy, std::string param);
+Task<FetchedBody> fetch_url(std::string url, const FetchPolicy& policy, std::string param);
 
 } // namespace mmserve::media

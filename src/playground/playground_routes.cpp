@@ -1,5 +1,6 @@
 #include "playground/playground_routes.hpp"
 
+#include "core/task.hpp"
 #include "playground/embedded_files.hpp"
 
 #include <fmt/format.h>
@@ -22,7 +23,7 @@ const EmbeddedFile* find_file(std::string_view path) {
   return nullptr;
 }
 
-http::net::awaitable<void> serve_file(http::HttpExchange& exchange, const EmbeddedFile& file) {
+Task<void> serve_file(http::HttpExchange& exchange, const EmbeddedFile& file) {
   const std::string etag = fmt::format("\"{}\"", file.sha256.substr(0, 32));
   // Revalidated on every load (cheap with the ETag), so an upgraded binary's
   // page is never mixed with an old cached script.
@@ -45,10 +46,10 @@ http::net::awaitable<void> serve_file(http::HttpExchange& exchange, const Embedd
 } // namespace
 
 void register_playground_routes(http::Router& router) {
-  router.add("GET", "/", [](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/", [](http::HttpExchange& exchange) -> Task<void> {
     co_await serve_file(exchange, *find_file("index.html"));
   });
-  router.add("GET", "/playground/{file}", [](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+  router.add("GET", "/playground/{file}", [](http::HttpExchange& exchange) -> Task<void> {
     const std::string& name = exchange.path_params().at("file");
     const EmbeddedFile* file = find_file(name);
     if (!file) throw ApiError::not_found(fmt::format("The playground has no file '{}'.", name), "not_found");

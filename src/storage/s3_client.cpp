@@ -1,6 +1,7 @@
 #include "storage/s3_client.hpp"
 
 #include "core/config.hpp"
+#include "core/task.hpp"
 #include "core/version.hpp"
 #include "storage/digest.hpp"
 
@@ -10,7 +11,6 @@
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -137,14 +137,14 @@ struct Exchange {
   Clock::time_point deadline;
 };
 
-template <typename Stream> net::awaitable<S3Client::Response> write_and_read(Stream& stream, Exchange& exchange) {
-  co_await bhttp::async_write(stream, exchange.request, net::use_awaitable);
+template <typename Stream> Task<S3Client::Response> write_and_read(Stream& stream, Exchange& exchange) {
+  co_await bhttp::async_write(stream, exchange.request, use_task);
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::string_body> parser;
   parser.header_limit(64 * 1024);
   parser.body_limit(exchange.max_response_bytes);
   if (exchange.request.method() == bhttp::verb::head) parser.skip(true);
-  co_await bhttp::async_read(stream, buffer, parser, net::use_awaitable);
+  co_await bhttp::async_read(stream, buffer, parser, use_task);
   S3Client::Response response;
   response.status = parser.get().result_int();
   for (const auto& field : parser.get()) {
@@ -156,7 +156,7 @@ template <typename Stream> net::awaitable<S3Client::Response> write_and_read(Str
   co_return response;
 }
 
-net::awaitable<S3Client::Response> run_exchange(Exchange& exchange) {
+Task<S3Client::Response> run_exchange(Exchange& exchange) {
   auto executor = co_await net::this_coro::executor;
   tcp::resolver resolver(executor);
   net::steady_timer timer(executor, exchange.deadline);
@@ -165,11 +165,11 @@ net::awaitable<S3Client::Response> run_exchange(Exchange& exchange) {
   });
   std::string host = exchange.host;
   if (host.starts_with("[")) host = host.substr(1, host.size() - 2);
-  auto resolved = co_await resolver.async_resolve(host, exchange.port, net::use_awaitable);
+  auto resolved = co_await resolver.async_resolve(host, exchange.port, use_task);
   timer.cancel();
   beast::tcp_stream tcp_stream(executor);
   tcp_stream.expires_at(exchange.deadline);
-  co_await tcp_stream.async_connect(resolved, net::use_awaitable);
+  co_await tcp_stream.async_connect(resolved, use_task);
   if (exchange.scheme == "http") {
     auto response = co_await write_and_read(tcp_stream, exchange);
     co_return response;
@@ -179,7 +179,7 @@ net::awaitable<S3Client::Response> run_exchange(Exchange& exchange) {
     throw std::runtime_error("TLS server name could not be set");
   }
   stream.set_verify_callback(net::ssl::host_name_verification(host));
-  co_await stream.async_handshake(net::ssl::stream_base::client, net::use_awaitable);
+  co_await stream.async_handshake(net::ssl::stream_base::client, use_task);
   auto response = co_await write_and_read(stream, exchange);
   co_return response;
 }

@@ -3,6 +3,7 @@
 // never holds either body whole. The server runs in-process here (its own
 // threads, real loopback sockets) so the test can give it such a handler.
 #include "core/http_server.hpp"
+#include "core/task.hpp"
 #include "test_server.hpp"
 
 #include <boost/asio/write.hpp>
@@ -36,7 +37,7 @@ struct InProcessServer {
   explicit InProcessServer(uint64_t body_limit) {
     config.port = 0;
     config.max_body_bytes = body_limit;
-    router.add("POST", "/upload-progress", [](http::HttpExchange& exchange) -> http::net::awaitable<void> {
+    router.add("POST", "/upload-progress", [](http::HttpExchange& exchange) -> mmserve::Task<void> {
       co_await exchange.begin_stream(200, "text/event-stream");
       uint64_t total = 0, next_report = 10u << 20;
       for (;;) {

@@ -5,6 +5,7 @@
 // plain object: what is under test is which models load and unload.
 #include "core/api_error.hpp"
 #include "core/model_registry.hpp"
+#include "core/task.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -127,7 +128,7 @@ TEST(ModelRegistryGpu, NeverFitsIs507AndBusyGpuIs503) {
   std::optional<ModelLease> lease;
   boost::asio::co_spawn(
       io,
-      [&]() -> boost::asio::awaitable<void> {
+      [&]() -> mmserve::Task<void> {
         lease = co_await registry.acquire("holder", std::chrono::steady_clock::now() + std::chrono::seconds(5));
       },
       boost::asio::detached);

@@ -1,4 +1,5 @@
 #include "core/router.hpp"
+#include "core/task.hpp"
 
 #include <gtest/gtest.h>
 
@@ -6,7 +7,7 @@ using mmserve::http::Router;
 
 namespace {
 mmserve::http::Handler noop() {
-  return [](mmserve::http::HttpExchange&) -> mmserve::http::net::awaitable<void> { co_return; };
+  return [](mmserve::http::HttpExchange&) -> mmserve::Task<void> { co_return; };
 }
 } // namespace
 
