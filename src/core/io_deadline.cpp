@@ -1,6 +1,14 @@
 #include "core/io_deadline.hpp"
 
+#include <time.h>
+
 namespace mmserve::http {
+
+Clock::time_point coarse_now() {
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+  return Clock::time_point(std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec));
+}
 
 void IoDeadline::expires_at(Clock::time_point when) {
   when_ = when;
@@ -37,7 +45,7 @@ void DeadlineSweeper::arm() {
 }
 
 void DeadlineSweeper::sweep() {
-  const auto now = Clock::now();
+  const auto now = coarse_now();
   for (auto* deadline = deadlines_.front(); deadline;) {
     auto* const next = IntrusiveList<IoDeadline>::next(deadline);
     if (deadline->when_ <= now) {

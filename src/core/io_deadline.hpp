@@ -32,6 +32,11 @@ using TcpSocket = TcpStream::socket_type;
 
 class DeadlineSweeper;
 
+// The monotonic clock to within a few milliseconds (CLOCK_MONOTONIC_COARSE:
+// steady_clock's timeline, read without its cost), plenty for deadlines
+// swept every 100 ms.
+Clock::time_point coarse_now();
+
 // When the pending operations on one socket must end. Used only from the
 // socket's I/O thread; not movable (the sweeper holds its address).
 class IoDeadline : public IntrusiveList<IoDeadline>::Hook {
@@ -43,7 +48,7 @@ public:
 
   // Operations started from now on must end by `when` (or they are cancelled).
   void expires_at(Clock::time_point when);
-  void expires_after(Clock::duration timeout) { expires_at(Clock::now() + timeout); }
+  void expires_after(Clock::duration timeout) { expires_at(coarse_now() + timeout); }
   // An operation's outcome: one the sweeper cancelled becomes
   // beast::error::timeout. The deadline is lifted.
   boost::system::error_code settle(boost::system::error_code ec);

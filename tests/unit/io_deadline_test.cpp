@@ -47,7 +47,7 @@ TEST(IoDeadline, AReadPastItsDeadlineEndsAsATimeoutWithinOneSweep) {
   sockets.context.run_for(5s);
   ASSERT_TRUE(outcome.has_value());
   EXPECT_EQ(*outcome, beast::error::timeout) << outcome->message();
-  EXPECT_GE(took, 200ms);
+  EXPECT_GE(took, 200ms - 20ms); // deadlines run on the coarse clock, a tick (1-10 ms) behind
   EXPECT_LT(took, 200ms + DeadlineSweeper::kInterval + 1s); // one sweep late at most (slack for a busy machine)
   EXPECT_EQ(sockets.sweeper.pending(), 0u);
 }

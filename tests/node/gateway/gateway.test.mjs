@@ -348,6 +348,44 @@ test('a broken upstream: garbage instead of HTTP is a 502, a body cut short cuts
   rawServer.close();
 });
 
+test('kept-alive upstream connections: reused while open; one the upstream closed while idle fails no request', async () => {
+  const stale = await startUpstream('stale');
+  const gateway = await startMmserve(`server: {io_threads: 2}
+gateway:
+  health_check: {path: /healthz-not-checked, interval: 1h}
+  routes: [{path: /v1/stale/, pool: stale}]
+  pools:
+    stale: {endpoints: ["${stale.url}"]}
+    vision: {endpoints: [${vision1.url}]}
+    image: {endpoints: [${image.url}]}
+    speech: {endpoints: [${speech.url}]}
+`);
+  const accepted = async () => (await (await fetch(`${stale.url}/control/connections`)).json()).accepted;
+  // Back to back, they share the kept-alive connections: one per I/O thread
+  // (each client connection here is new, and lands on the next thread).
+  const before = await accepted();
+  for (let i = 0; i < 6; i++) assert.equal((await post(gateway.port, '/v1/stale/x', '{}')).status, 200);
+  const afterBurst = await accepted();
+  assert.equal(afterBurst, before + 2, 'six sequential requests over two upstream connections');
+  // The upstream now closes connections idle for 100 ms: a request after a
+  // pause finds its thread's kept-alive connection closed (the readiness
+  // check drops it, or the send fails before any byte of the request is
+  // taken, and the request moves to a new connection).
+  await fetch(`${stale.url}/control/keepalive?ms=100`, { method: 'POST' });
+  for (let i = 0; i < 4; i++) {
+    await new Promise((r) => setTimeout(r, 300));
+    const answer = await post(gateway.port, '/v1/stale/x', JSON.stringify({ round: i }));
+    assert.equal(answer.status, 200, JSON.stringify(answer.json));
+    assert.equal(answer.json.body, JSON.stringify({ round: i }));
+  }
+  assert.ok(await accepted() > afterBurst, 'the upstream closed idle connections, so new ones were made');
+  const text = await metricsText(gateway.base);
+  assert.ok(!(metricValue(text, 'mmserve_upstream_errors_total', { pool: 'stale' }) > 0),
+    'a connection the upstream closed is no fault of the endpoint');
+  assert.equal(await stop(gateway), 0);
+  stale.child.kill('SIGKILL');
+});
+
 test('killing one of two replicas under load: no request hangs, traffic moves to the other at once', async () => {
   const a = await startUpstream('replica-a');
   const b = await startUpstream('replica-b');

@@ -5,6 +5,8 @@
 //   POST /v1/chat/completions    {"stream":true}: SSE events 200 ms apart; else as below
 //   GET  .../slow                never answers
 //   GET  /control/slow-closed    how many .../slow requests the client side closed
+//   POST /control/keepalive?ms=N idle kept-alive connections closed after N ms
+//   GET  /control/connections    connections accepted so far
 //   anything else                the request as seen: service, method, path,
 //                                headers, body bytes and their SHA-256 (the
 //                                body is hashed as it streams, never held)
@@ -25,6 +27,11 @@ const server = createServer((request, response) => {
   if (url.pathname === '/control/unhealthy') { healthy = false; return reply(200, {}); }
   if (url.pathname === '/control/healthy') { healthy = true; return reply(200, {}); }
   if (url.pathname === '/control/slow-closed') return reply(200, { closed: slowClosed });
+  if (url.pathname === '/control/keepalive') {
+    server.keepAliveTimeout = Number(url.searchParams.get('ms'));
+    return reply(200, {});
+  }
+  if (url.pathname === '/control/connections') return reply(200, { accepted: connectionsAccepted });
   if (url.pathname === '/v1/models') {
     return reply(200, { object: 'list', data: [{ id: `${name}-model`, object: 'model', owned_by: name }] });
   }
@@ -65,4 +72,6 @@ const server = createServer((request, response) => {
   });
 });
 server.keepAliveTimeout = 60_000;
+let connectionsAccepted = 0;
+server.on('connection', () => { connectionsAccepted += 1; });
 server.listen(Number(portText), '127.0.0.1', () => console.log(`listening ${server.address().port}`));
