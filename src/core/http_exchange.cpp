@@ -112,7 +112,7 @@ std::optional<uint64_t> HttpExchange::content_length() const {
   return static_cast<uint64_t>(*length);
 }
 
-void HttpExchange::arm_timer() {
+void HttpExchange::set_io_deadline() {
   const auto io_deadline = coarse_now() + limits_.io_timeout;
   deadline_.expires_at(std::min(io_deadline, limits_.deadline));
 }
@@ -123,7 +123,7 @@ Task<void> HttpExchange::send_continue_if_expected() {
   if (!beast::iequals(header(bhttp::field::expect), "100-continue")) co_return;
   static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
   boost::system::error_code ec;
-  arm_timer();
+  set_io_deadline();
   co_await net::async_write(stream_, net::buffer(kContinue.data(), kContinue.size()),
                             net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
@@ -140,7 +140,7 @@ Task<std::string_view> HttpExchange::read_body_chunk() {
     body.data = chunk_buffer_.get();
     body.size = kChunkBufferSize;
     boost::system::error_code ec;
-    arm_timer();
+    set_io_deadline();
     co_await bhttp::async_read_some(stream_, buffer_, parser_, net::redirect_error(use_task, ec));
     ec = deadline_.settle(ec);
     if (ec == bhttp::error::need_buffer) ec = {};
@@ -260,7 +260,7 @@ Task<void> HttpExchange::respond(unsigned status, std::string body, std::string_
   response.keep_alive(keep_alive());
   if (method() == bhttp::verb::head) response.body().clear(); // length header kept as computed
   boost::system::error_code ec;
-  arm_timer();
+  set_io_deadline();
   bhttp::response_serializer<bhttp::string_body> serializer{response};
   const size_t written = co_await bhttp::async_write(stream_, serializer, net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
@@ -298,7 +298,7 @@ Task<void> HttpExchange::begin_stream(unsigned status, std::string_view content_
   header.keep_alive(keep_alive());
   stream_serializer_.emplace(header);
   boost::system::error_code ec;
-  arm_timer();
+  set_io_deadline();
   bytes_sent_ += co_await bhttp::async_write_header(stream_, *stream_serializer_, net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
   if (ec) {
@@ -349,7 +349,7 @@ Task<void> HttpExchange::begin_relay(unsigned status, HeaderViews headers, std::
   head += "\r\n";
 
   boost::system::error_code ec;
-  arm_timer();
+  set_io_deadline();
   // Head and first piece in one write: for small answers, one send instead of two.
   std::array<net::const_buffer, 4> pieces;
   size_t count = 0;
@@ -378,7 +378,7 @@ Task<void> HttpExchange::write_chunk(std::string_view data) {
   if (!streaming_) throw std::logic_error("write_chunk before begin_stream");
   if (data.empty()) co_return; // an empty chunk would end the stream
   boost::system::error_code ec;
-  arm_timer();
+  set_io_deadline();
   if (stream_chunked_) {
     bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk(net::const_buffer(data.data(), data.size())),
                                              net::redirect_error(use_task, ec));
@@ -400,7 +400,7 @@ Task<void> HttpExchange::end_stream() {
     co_return;
   }
   boost::system::error_code ec;
-  arm_timer();
+  set_io_deadline();
   bytes_sent_ += co_await net::async_write(stream_, bhttp::make_chunk_last(), net::redirect_error(use_task, ec));
   ec = deadline_.settle(ec);
   if (ec) {

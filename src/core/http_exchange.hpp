@@ -129,7 +129,8 @@ public:
 private:
   template <typename Message> void apply_common_headers(Message& message);
   Task<void> send_continue_if_expected();
-  void arm_timer();
+  // The next client read or write must end within the I/O timeout and by the request's deadline.
+  void set_io_deadline();
 
   TcpStream& stream_;
   IoDeadline& deadline_;

@@ -346,7 +346,7 @@ Task<std::pair<unsigned, std::string>> fetch_from_pool(UpstreamPool& pool, std::
       request.set("X-Request-Id", request_id);
       request.keep_alive(true);
       boost::system::error_code ec;
-      const auto until = http::Clock::now() + millis(std::min(config.read_timeout_s, 10.0));
+      const auto until = http::coarse_now() + millis(std::min(config.read_timeout_s, 10.0));
       connection->deadline.expires_at(until);
       co_await bhttp::async_write(connection->stream, request, net::redirect_error(use_task, ec));
       ec = connection->deadline.settle(ec);
