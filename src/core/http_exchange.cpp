@@ -73,7 +73,7 @@ bool etag_matches(std::string_view if_none_match, std::string_view etag) {
   return false;
 }
 
-HttpExchange::HttpExchange(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
+HttpExchange::HttpExchange(TcpSocket& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
                            std::string request_id, std::string remote_address, ExchangeLimits limits,
                            const std::atomic<bool>& draining, HangupSweeper& sweeper)
     : stream_(stream), deadline_(deadline), buffer_(buffer), parser_(parser), request_id_(std::move(request_id)),
@@ -194,7 +194,7 @@ void HttpExchange::set_header(std::string name, std::string value) {
 bool HttpExchange::peer_closed() {
   // POLLRDHUP reports the peer's FIN without consuming pipelined bytes.
   pollfd watch{};
-  watch.fd = stream_.socket().native_handle();
+  watch.fd = stream_.native_handle();
   watch.events = POLLRDHUP;
   return ::poll(&watch, 1, 0) > 0 && (watch.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }

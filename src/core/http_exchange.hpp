@@ -10,8 +10,8 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
@@ -51,7 +51,7 @@ struct ExchangeLimits {
 class HttpExchange {
 public:
   // `deadline` bounds the client's socket operations (the connection's, set per operation here).
-  HttpExchange(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
+  HttpExchange(TcpSocket& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
                std::string request_id, std::string remote_address, ExchangeLimits limits,
                const std::atomic<bool>& draining, HangupSweeper& sweeper);
 
@@ -132,7 +132,7 @@ private:
   // The next client read or write must end within the I/O timeout and by the request's deadline.
   void set_io_deadline();
 
-  TcpStream& stream_;
+  TcpSocket& stream_;
   IoDeadline& deadline_;
   beast::flat_buffer& buffer_;
   RequestParser& parser_;

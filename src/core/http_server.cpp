@@ -24,8 +24,54 @@ namespace mmserve::http {
 using tcp = net::ip::tcp;
 
 struct HttpServer::Connection {
-  TcpStream* stream = nullptr;
+  TcpSocket* stream = nullptr;
   std::atomic<bool> idle{true};
+};
+
+namespace {
+
+// The request metrics' series an I/O thread has counted into, found again
+// without the families' lock, which every thread would otherwise take (and
+// pass between cores) twice per request.
+class RequestSeriesCache {
+public:
+  struct Series {
+    metrics::Counter& requests;
+    metrics::Histogram& duration;
+  };
+  Series find(ServerMetrics& metrics, std::string_view method, std::string_view route, unsigned status) {
+    for (const auto& entry : entries_) {
+      if (entry.status == status && entry.route == route && entry.method == method)
+        return {*entry.requests, *entry.duration};
+    }
+    const std::string code = std::to_string(status);
+    auto& requests = metrics.http_requests_total.labels({method, route, code});
+    auto& duration = metrics.http_request_duration_seconds.labels({method, route});
+    // Bounded: odd methods and codes past the limit are found the slow way.
+    if (entries_.size() < kMaxEntries)
+      entries_.push_back({std::string(method), std::string(route), status, &requests, &duration});
+    return {requests, duration};
+  }
+
+private:
+  static constexpr size_t kMaxEntries = 64;
+  struct Entry {
+    std::string method;
+    std::string route;
+    unsigned status;
+    metrics::Counter* requests;
+    metrics::Histogram* duration;
+  };
+  std::vector<Entry> entries_;
+};
+
+} // namespace
+
+struct HttpServer::IoThread {
+  explicit IoThread(net::io_context& context) : hangups(context), deadlines(context) {}
+  HangupSweeper hangups;
+  DeadlineSweeper deadlines;
+  RequestSeriesCache series;
 };
 
 namespace {
@@ -42,7 +88,8 @@ std::chrono::milliseconds to_millis(double seconds) {
 
 // Answers a request that never became an exchange (unparseable, or refused
 // at the door) and ends the connection.
-Task<void> write_error_and_close(TcpStream& stream, const ApiError& error, const std::string& request_id) {
+Task<void> write_error_and_close(TcpSocket& stream, IoDeadline& deadline, const ApiError& error,
+                                 const std::string& request_id) {
   bhttp::response<bhttp::string_body> response{static_cast<bhttp::status>(error.status()), 11};
   response.set(bhttp::field::server, std::string("mmserve/") + kVersion);
   response.set(bhttp::field::content_type, "application/json");
@@ -53,25 +100,27 @@ Task<void> write_error_and_close(TcpStream& stream, const ApiError& error, const
   response.prepare_payload();
   response.keep_alive(false);
   boost::system::error_code ec;
-  stream.expires_after(std::chrono::seconds(5));
+  deadline.expires_after(std::chrono::seconds(5));
   co_await bhttp::async_write(stream, response, net::redirect_error(use_task, ec));
+  deadline.lift();
 }
 
 // After answering without reading the whole body (a 413, say), closing at
 // once could reset the connection before the client reads the answer. Stop
 // sending, then read and discard for a bounded time and size, then close.
-Task<void> lingering_close(TcpStream& stream) {
+Task<void> lingering_close(TcpSocket& stream, IoDeadline& deadline) {
   boost::system::error_code ec;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+  stream.shutdown(tcp::socket::shutdown_send, ec);
   std::array<char, size_t{16} * 1024> discard{};
   size_t total = 0;
-  stream.expires_after(std::chrono::seconds(2));
+  deadline.expires_after(std::chrono::seconds(2));
   while (total < (4u << 20)) {
     const size_t n = co_await stream.async_read_some(net::buffer(discard), net::redirect_error(use_task, ec));
     if (ec) break;
     total += n;
   }
-  stream.socket().close(ec);
+  deadline.lift();
+  stream.close(ec);
 }
 
 } // namespace
@@ -94,10 +143,8 @@ HttpServer::HttpServer(const ServerConfig& config, bool access_log, Router& rout
       in_flight_(metrics.http_requests_in_flight.labels({})), ioc_(1), acceptor_(ioc_) {
   for (int i = 1; i < config.io_threads; ++i)
     more_contexts_.push_back(std::make_unique<net::io_context>(1));
-  for (size_t i = 0; i <= more_contexts_.size(); ++i) {
-    sweepers_.push_back(std::make_unique<HangupSweeper>(context(i)));
-    deadline_sweepers_.push_back(std::make_unique<DeadlineSweeper>(context(i)));
-  }
+  for (size_t i = 0; i <= more_contexts_.size(); ++i)
+    io_threads_.push_back(std::make_unique<IoThread>(context(i)));
 }
 
 size_t HttpServer::next_context() {
@@ -168,34 +215,32 @@ Task<void> HttpServer::accept_loop() {
     }
     auto executor = socket.get_executor();
     if (open_connections_.load() >= static_cast<size_t>(config_.max_connections)) {
-      net::co_spawn(executor, refuse_connection(std::move(socket)), net::detached);
+      net::co_spawn(executor, refuse_connection(std::move(socket), *io_threads_[index]), net::detached);
     } else {
-      net::co_spawn(executor, serve_connection(std::move(socket), *sweepers_[index], *deadline_sweepers_[index]),
-                    net::detached);
+      net::co_spawn(executor, serve_connection(std::move(socket), *io_threads_[index]), net::detached);
     }
   }
 }
 
-Task<void> HttpServer::refuse_connection(TcpSocket socket) {
-  TcpStream stream(std::move(socket));
+Task<void> HttpServer::refuse_connection(TcpSocket stream, IoThread& thread) {
+  IoDeadline deadline(thread.deadlines, stream);
   co_await write_error_and_close(
-      stream,
+      stream, deadline,
       ApiError::unavailable(fmt::format("Server is at its limit of {} connections.", config_.max_connections), 1,
                             "too_many_connections"),
       choose_request_id({}));
-  co_await lingering_close(stream);
+  co_await lingering_close(stream, deadline);
 }
 
-Task<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper, DeadlineSweeper& deadlines) {
+Task<void> HttpServer::serve_connection(TcpSocket stream, IoThread& thread) {
   boost::system::error_code ec;
-  const auto peer = socket.remote_endpoint(ec);
+  const auto peer = stream.remote_endpoint(ec);
   const std::string remote = ec ? std::string("unknown") : peer.address().to_string();
   // Responses go out in several writes (head, chunks, SSE events): without
   // TCP_NODELAY, Nagle's algorithm holds each small write for the client's
   // delayed ACK (40 ms).
-  socket.set_option(tcp::no_delay(true), ec);
-  TcpStream stream(std::move(socket));
-  IoDeadline deadline(deadlines, stream.socket());
+  stream.set_option(tcp::no_delay(true), ec);
+  IoDeadline deadline(thread.deadlines, stream);
   beast::flat_buffer buffer;
 
   auto connection = std::make_shared<Connection>();
@@ -224,20 +269,21 @@ Task<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper
     if (ec) {
       if (ec == bhttp::error::header_limit) {
         co_await write_error_and_close(
-            stream,
+            stream, deadline,
             ApiError::header_too_large(
                 fmt::format("Request headers are larger than the limit of {} bytes.", config_.max_header_bytes)),
             choose_request_id({}));
         unread_body = true;
       } else if (!is_quiet_close(ec) && buffer.size() > 0) {
         co_await write_error_and_close(
-            stream, ApiError::bad_request("Malformed HTTP request: " + ec.message(), std::nullopt, "malformed_http"),
+            stream, deadline,
+            ApiError::bad_request("Malformed HTTP request: " + ec.message(), std::nullopt, "malformed_http"),
             choose_request_id({}));
         unread_body = true;
       }
       break;
     }
-    const bool keep_alive = co_await handle_request(stream, deadline, buffer, *parser, remote, sweeper);
+    const bool keep_alive = co_await handle_request(stream, deadline, buffer, *parser, remote, thread);
     if (!keep_alive) {
       unread_body = !parser->is_done();
       break;
@@ -245,10 +291,10 @@ Task<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper
   }
 
   if (unread_body) {
-    co_await lingering_close(stream);
+    co_await lingering_close(stream, deadline);
   } else {
-    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream.socket().close(ec);
+    stream.shutdown(tcp::socket::shutdown_both, ec);
+    stream.close(ec);
   }
   {
     std::lock_guard lock(connections_mutex_);
@@ -258,8 +304,8 @@ Task<void> HttpServer::serve_connection(TcpSocket socket, HangupSweeper& sweeper
   metrics_.http_connections_open.labels({}).dec();
 }
 
-Task<bool> HttpServer::handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer,
-                                      RequestParser& parser, const std::string& remote, HangupSweeper& sweeper) {
+Task<bool> HttpServer::handle_request(TcpSocket& stream, IoDeadline& deadline, beast::flat_buffer& buffer,
+                                      RequestParser& parser, const std::string& remote, IoThread& thread) {
   const auto started = Clock::now();
   const auto client_id = parser.get().find("X-Request-Id");
   const std::string request_id =
@@ -268,7 +314,7 @@ Task<bool> HttpServer::handle_request(TcpStream& stream, IoDeadline& deadline, b
   limits.max_body_bytes = config_.max_body_bytes;
   limits.deadline = started + to_millis(config_.request_timeout_s);
   limits.io_timeout = to_millis(std::min(config_.idle_timeout_s, config_.request_timeout_s));
-  HttpExchange exchange(stream, deadline, buffer, parser, request_id, remote, limits, draining_, sweeper);
+  HttpExchange exchange(stream, deadline, buffer, parser, request_id, remote, limits, draining_, thread.hangups);
 
   ++active_requests_;
   in_flight_.inc();
@@ -337,8 +383,9 @@ Task<bool> HttpServer::handle_request(TcpStream& stream, IoDeadline& deadline, b
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   const unsigned status = exchange.response_started() ? exchange.status() : 499; // 499: client closed request
   const std::string& route = exchange.route_label();
-  metrics_.http_requests_total.labels({method, route, std::to_string(status)}).inc();
-  metrics_.http_request_duration_seconds.labels({method, route}).observe(seconds);
+  const auto series = thread.series.find(metrics_, method, route, status);
+  series.requests.inc();
+  series.duration.observe(seconds);
   in_flight_.dec();
   if (access_log_) {
     log_event(spdlog::level::info, "request",

@@ -55,12 +55,13 @@ public:
 
 private:
   struct Connection;
+  struct IoThread;
 
   Task<void> accept_loop();
-  Task<void> serve_connection(TcpSocket socket, HangupSweeper& sweeper, DeadlineSweeper& deadlines);
-  Task<void> refuse_connection(TcpSocket socket);
-  Task<bool> handle_request(TcpStream& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
-                            const std::string& remote, HangupSweeper& sweeper);
+  Task<void> serve_connection(TcpSocket stream, IoThread& thread);
+  Task<void> refuse_connection(TcpSocket stream, IoThread& thread);
+  Task<bool> handle_request(TcpSocket& stream, IoDeadline& deadline, beast::flat_buffer& buffer, RequestParser& parser,
+                            const std::string& remote, IoThread& thread);
   Task<void> watch_drain(std::chrono::steady_clock::time_point deadline);
   void close_idle_connections();
 
@@ -80,9 +81,9 @@ private:
   net::io_context ioc_;
   std::vector<std::unique_ptr<net::io_context>> more_contexts_;
   std::atomic<size_t> next_context_{0};
-  // One per I/O context, same index (destroyed before the contexts).
-  std::vector<std::unique_ptr<HangupSweeper>> sweepers_;
-  std::vector<std::unique_ptr<DeadlineSweeper>> deadline_sweepers_;
+  // What each I/O thread keeps for the connections on it: same index as
+  // its context (destroyed before the contexts).
+  std::vector<std::unique_ptr<IoThread>> io_threads_;
   net::ip::tcp::acceptor acceptor_;
   uint16_t bound_port_ = 0;
   std::atomic<bool> draining_{false};

@@ -11,8 +11,9 @@
 #include "core/task.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/core/error.hpp>
 
 #include <chrono>
 
@@ -25,10 +26,13 @@ using Clock = std::chrono::steady_clock;
 // Connections are bound to one single-threaded io_context from accept to
 // close; sockets typed with its executor (instead of Asio's type-erased
 // any_io_executor) keep each I/O operation's bookkeeping off the type-erased
-// path, as Task does for the coroutines.
+// path, as Task does for the coroutines. A plain socket rather than Beast's
+// basic_stream: IoDeadline bounds its operations, and basic_stream's per-
+// operation timer checks, shared-state reference counts and buffer wrapping
+// (which also turns each single-buffer recv into a recvmsg) would be paid
+// for nothing.
 using IoExecutor = mmserve::IoExecutor;
-using TcpStream = beast::basic_stream<net::ip::tcp, IoExecutor>;
-using TcpSocket = TcpStream::socket_type;
+using TcpSocket = net::basic_stream_socket<net::ip::tcp, IoExecutor>;
 
 class DeadlineSweeper;
 

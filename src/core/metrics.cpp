@@ -1,41 +1,87 @@
 #include "core/metrics.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <fmt/format.h>
 #include <stdexcept>
 
 namespace mmserve::metrics {
 
+size_t this_thread_cell() {
+  static std::atomic<size_t> next_cell{0};
+  thread_local const size_t cell = next_cell.fetch_add(1, std::memory_order_relaxed) % kCells;
+  return cell;
+}
+
+namespace {
+
+double sum_of(const std::array<CellValue, kCells>& cells) {
+  double total = 0.0;
+  for (const auto& cell : cells)
+    total += cell.value.load(std::memory_order_relaxed);
+  return total;
+}
+
+} // namespace
+
 void Counter::inc(double amount) {
   if (amount < 0) {
     throw std::invalid_argument("counter increments must not be negative");
   }
-  value_.fetch_add(amount, std::memory_order_relaxed);
+  cells_[this_thread_cell()].value.fetch_add(amount, std::memory_order_relaxed);
+}
+
+double Counter::value() const {
+  return sum_of(cells_);
 }
 
 void Counter::mirror(double total) {
-  double current = value_.load(std::memory_order_relaxed);
-  while (total > current && !value_.compare_exchange_weak(current, total, std::memory_order_relaxed)) {
+  // Kept in the first cell, so that concurrent scrapes mirroring the same
+  // total settle on it instead of each adding the difference.
+  double others = 0.0;
+  for (size_t i = 1; i < kCells; ++i)
+    others += cells_[i].value.load(std::memory_order_relaxed);
+  const double wanted = total - others;
+  double current = cells_[0].value.load(std::memory_order_relaxed);
+  while (wanted > current && !cells_[0].value.compare_exchange_weak(current, wanted, std::memory_order_relaxed)) {
   }
 }
 
+void Gauge::set(double value) {
+  // A gauge is either set or added to (in-flight counts), so the other
+  // cells hold nothing to keep here.
+  for (size_t i = 1; i < kCells; ++i)
+    cells_[i].value.store(0.0, std::memory_order_relaxed);
+  cells_[0].value.store(value, std::memory_order_relaxed);
+}
+
 void Gauge::add(double amount) {
-  value_.fetch_add(amount, std::memory_order_relaxed);
+  cells_[this_thread_cell()].value.fetch_add(amount, std::memory_order_relaxed);
+}
+
+double Gauge::value() const {
+  return sum_of(cells_);
 }
 
 Histogram::Histogram(const std::vector<double>& upper_bounds)
-    : bounds_(upper_bounds), bucket_counts_(new std::atomic<uint64_t>[upper_bounds.size() + 1]) {
-  for (size_t i = 0; i <= bounds_.size(); ++i) {
-    bucket_counts_[i].store(0, std::memory_order_relaxed);
+    : bounds_(upper_bounds), lines_per_cell_((upper_bounds.size() + 2 + 7) / 8),
+      lines_(new Line[kCells * lines_per_cell_]) {
+  for (size_t i = 0; i < kCells * lines_per_cell_; ++i) {
+    for (auto& word : lines_[i].words)
+      word.store(0, std::memory_order_relaxed);
   }
 }
 
 void Histogram::observe(double value) {
-  const auto bucket = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
-  bucket_counts_[static_cast<size_t>(bucket)].fetch_add(1, std::memory_order_relaxed);
-  sum_.fetch_add(value, std::memory_order_relaxed);
-  count_.fetch_add(1, std::memory_order_relaxed);
+  const auto bucket = static_cast<size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin());
+  const size_t cell = this_thread_cell();
+  word(cell, 1 + bucket).fetch_add(1, std::memory_order_relaxed);
+  auto& sum = word(cell, 0);
+  uint64_t current = sum.load(std::memory_order_relaxed);
+  while (!sum.compare_exchange_weak(current, std::bit_cast<uint64_t>(std::bit_cast<double>(current) + value),
+                                    std::memory_order_relaxed)) {
+  }
 }
 
 Histogram::Snapshot Histogram::snapshot() const {
@@ -43,13 +89,15 @@ Histogram::Snapshot Histogram::snapshot() const {
   snapshot.cumulative_counts.reserve(bounds_.size() + 1);
   uint64_t running = 0;
   for (size_t i = 0; i <= bounds_.size(); ++i) {
-    running += bucket_counts_[i].load(std::memory_order_relaxed);
+    for (size_t cell = 0; cell < kCells; ++cell)
+      running += word(cell, 1 + i).load(std::memory_order_relaxed);
     snapshot.cumulative_counts.push_back(running);
   }
   // Reported count equals the +Inf bucket so a scrape is self-consistent even
   // while observations race with it.
   snapshot.count = running;
-  snapshot.sum = sum_.load(std::memory_order_relaxed);
+  for (size_t cell = 0; cell < kCells; ++cell)
+    snapshot.sum += std::bit_cast<double>(word(cell, 0).load(std::memory_order_relaxed));
   return snapshot;
 }
 

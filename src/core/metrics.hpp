@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -19,28 +20,41 @@ namespace mmserve::metrics {
 
 using LabelValues = std::vector<std::string>;
 
+// Series values are split over a few cells, each on its own cache line, and a
+// thread adds to its own cell: the I/O threads count every request into the
+// same series, and one shared value would pass its cache line between cores
+// on every request. Reading a value adds the cells up.
+inline constexpr size_t kCells = 8;
+// The cell this thread writes to (threads are dealt cells in turn; past
+// kCells threads share cells, which costs speed, never counts).
+size_t this_thread_cell();
+
+struct alignas(64) CellValue {
+  std::atomic<double> value{0.0};
+};
+
 class Counter {
 public:
   void inc(double amount = 1.0);
-  double value() const { return value_.load(std::memory_order_relaxed); }
+  double value() const;
   // For collectors mirroring a monotonic counter kept elsewhere (the kernel's
   // CPU time): sets the total, never lowering it.
   void mirror(double total);
 
 private:
-  std::atomic<double> value_{0.0};
+  std::array<CellValue, kCells> cells_;
 };
 
 class Gauge {
 public:
-  void set(double value) { value_.store(value, std::memory_order_relaxed); }
+  void set(double value);
   void add(double amount);
   void inc() { add(1.0); }
   void dec() { add(-1.0); }
-  double value() const { return value_.load(std::memory_order_relaxed); }
+  double value() const;
 
 private:
-  std::atomic<double> value_{0.0};
+  std::array<CellValue, kCells> cells_;
 };
 
 class Histogram {
@@ -56,10 +70,18 @@ public:
   Snapshot snapshot() const;
 
 private:
+  struct alignas(64) Line {
+    std::array<std::atomic<uint64_t>, 8> words;
+  };
+  // Word `index` of a cell: 0 holds the sum (a double's bits), then the
+  // non-cumulative bucket counts, the last one +Inf.
+  std::atomic<uint64_t>& word(size_t cell, size_t index) const {
+    return lines_[cell * lines_per_cell_ + index / 8].words[index % 8];
+  }
+
   const std::vector<double>& bounds_;
-  std::unique_ptr<std::atomic<uint64_t>[]> bucket_counts_; // non-cumulative, last is +Inf
-  std::atomic<uint64_t> count_{0};
-  std::atomic<double> sum_{0.0};
+  size_t lines_per_cell_;
+  std::unique_ptr<Line[]> lines_;
 };
 
 enum class MetricType { counter, gauge, histogram };

@@ -116,7 +116,7 @@ void Gateway::check_access(http::HttpExchange& exchange) {
     if (tighter) tightest = decision;
   };
   if (!client_key.empty()) consider(client_key, key_limit);
-  consider("ip:" + exchange.remote_address(), config_.per_ip_limit);
+  if (config_.per_ip_limit.requests_per_second > 0) consider("ip:" + exchange.remote_address(), config_.per_ip_limit);
   if (!tightest) return;
   exchange.set_header("X-RateLimit-Limit", fmt::format("{}", static_cast<long long>(tightest->limit)));
   exchange.set_header("X-RateLimit-Remaining", fmt::format("{}", static_cast<long long>(tightest->remaining)));

@@ -162,7 +162,7 @@ Task<std::unique_ptr<UpstreamConnection>> connect(UpstreamPool& pool, Endpoint& 
                                                  pool.config().connect_timeout_s));
   }
   if (ec) throw UpstreamFailure("connect", fmt::format("cannot connect to {}: {}", endpoint.label, ec.message()));
-  connection->stream.socket().set_option(tcp::no_delay(true), ec);
+  connection->stream.set_option(tcp::no_delay(true), ec);
   co_return connection;
 }
 

@@ -6,6 +6,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
 #include <poll.h>
@@ -31,9 +32,9 @@ std::string endpoint_label(const tcp::endpoint& address, const std::string& host
 
 // A kept-alive connection the upstream has closed (or sent unexpected bytes
 // on) must not carry the next request.
-bool still_open(http::TcpStream& stream) {
+bool still_open(http::TcpSocket& stream) {
   pollfd watch{};
-  watch.fd = stream.socket().native_handle();
+  watch.fd = stream.native_handle();
   watch.events = POLLIN | POLLRDHUP;
   return ::poll(&watch, 1, 0) == 0;
 }

@@ -33,8 +33,8 @@ using Clock = std::chrono::steady_clock;
 // (`deadlines` is that thread's sweeper).
 struct UpstreamConnection {
   UpstreamConnection(http::IoExecutor executor, http::DeadlineSweeper& deadlines)
-      : stream(std::move(executor)), deadline(deadlines, stream.socket()) {}
-  http::TcpStream stream;
+      : stream(std::move(executor)), deadline(deadlines, stream) {}
+  http::TcpSocket stream;
   // Bounds each operation (connect, send, each read); lifted while the connection idles.
   http::IoDeadline deadline;
   beast::flat_buffer buffer;

@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+#include <vector>
+
 using namespace mmserve::metrics;
 
 TEST(Metrics, CounterExposition) {
@@ -37,6 +40,61 @@ TEST(Metrics, HistogramBucketsAreCumulative) {
   EXPECT_NE(text.find("latency_seconds_bucket{le=\"+Inf\"} 4\n"), std::string::npos) << text;
   EXPECT_NE(text.find("latency_seconds_count 4\n"), std::string::npos) << text;
   EXPECT_NE(text.find("latency_seconds_sum 101.05\n"), std::string::npos) << text;
+}
+
+// Values are kept in per-thread cells: what many threads add (more threads
+// than cells, so some share one) must come out exact.
+TEST(Metrics, UpdatesFromManyThreadsAddUpExactly) {
+  Registry registry;
+  auto& counter = registry.counter("c_total", "C.").labels({});
+  auto& gauge = registry.gauge("g", "G.").labels({});
+  auto& histogram = registry.histogram("h_seconds", "H.", {}, {1, 2}).labels({});
+  constexpr int kThreads = static_cast<int>(kCells) + 4;
+  constexpr int kEach = 20000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        counter.inc();
+        gauge.inc();
+        histogram.observe(t % 3 == 0 ? 0.5 : 1.5); // sums of halves stay exact in a double
+        gauge.dec();
+      }
+      gauge.inc();
+    });
+  }
+  for (auto& thread : threads)
+    thread.join();
+  EXPECT_EQ(counter.value(), double{kThreads} * kEach);
+  EXPECT_EQ(gauge.value(), double{kThreads});
+  const auto snapshot = histogram.snapshot();
+  const int low_threads = (kThreads + 2) / 3; // t = 0, 3, 6, ...
+  EXPECT_EQ(snapshot.cumulative_counts[0], uint64_t{1} * low_threads * kEach);
+  EXPECT_EQ(snapshot.cumulative_counts[1], uint64_t{1} * kThreads * kEach);
+  EXPECT_EQ(snapshot.count, uint64_t{1} * kThreads * kEach);
+  EXPECT_EQ(snapshot.sum, 0.5 * low_threads * kEach + 1.5 * (kThreads - low_threads) * kEach);
+
+  // set() replaces what the threads added.
+  gauge.set(3);
+  EXPECT_EQ(gauge.value(), 3.0);
+}
+
+TEST(Metrics, MirroredCounterNeverLowersAndConcurrentMirrorsSettleOnTheTotal) {
+  Registry registry;
+  auto& cpu = registry.counter("cpu_seconds_total", "CPU.").labels({});
+  std::vector<std::thread> scrapes;
+  for (int t = 0; t < 6; ++t)
+    scrapes.emplace_back([&] {
+      for (int i = 0; i < 1000; ++i)
+        cpu.mirror(12.5);
+    });
+  for (auto& scrape : scrapes)
+    scrape.join();
+  EXPECT_EQ(cpu.value(), 12.5);
+  cpu.mirror(10); // a lower reading is ignored
+  EXPECT_EQ(cpu.value(), 12.5);
+  cpu.mirror(20);
+  EXPECT_EQ(cpu.value(), 20.0);
 }
 
 TEST(Metrics, BoundaryValueFallsInItsBucket) {
