@@ -238,7 +238,9 @@ void HangupSweeper::sweep() {
 }
 
 bool HttpExchange::keep_alive() const {
-  return !force_close_ && !draining_.load() && parser_.get().keep_alive() && parser_.is_done();
+  // The parser's flags, set while it read the head (the message's own
+  // keep_alive() would parse the Connection field again).
+  return !force_close_ && !draining_.load() && parser_.keep_alive() && parser_.is_done();
 }
 
 template <typename Message> void HttpExchange::apply_common_headers(Message& message) {

@@ -70,8 +70,11 @@ public:
   void set_path_params(std::map<std::string, std::string> params) { path_params_ = std::move(params); }
   const std::string& request_id() const { return request_id_; }
   // The route named in metrics and the access log (default: the router's pattern).
-  const std::string& route_label() const { return route_label_; }
-  void set_route_label(std::string label) { route_label_ = std::move(label); }
+  std::string_view route_label() const { return route_label_; }
+  // `label` outlives the exchange: a route's pattern or prefix, or a literal.
+  void set_route_label(std::string_view label) { route_label_ = label; }
+  void set_route_label(const char* literal) { route_label_ = literal; }
+  void set_route_label(std::string&&) = delete; // a temporary would leave the view dangling
   // A proxied request is bounded by its upstream's read timeout instead of
   // the server's request deadline; each read and write stays bounded.
   void set_deadline(Clock::time_point deadline) { limits_.deadline = deadline; }
@@ -142,7 +145,7 @@ private:
   const std::atomic<bool>& draining_;
   HangupSweeper& sweeper_;
   std::string path_;
-  std::string route_label_;
+  std::string_view route_label_;
   std::map<std::string, std::string> query_;
   std::map<std::string, std::string> path_params_;
   std::vector<std::pair<std::string, std::string>> extra_headers_;

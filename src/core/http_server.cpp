@@ -325,7 +325,10 @@ Task<bool> HttpServer::handle_request(TcpSocket& stream, IoDeadline& deadline, b
   auto match_route = [&]() -> const RouteMatch& {
     if (!match) {
       match = router_.match(method, exchange.path());
-      if (exchange.route_label().empty()) exchange.set_route_label(match->route ? match->route->pattern : "unmatched");
+      // Views, not a std::string temporary: the label must outlive the exchange.
+      if (exchange.route_label().empty())
+        exchange.set_route_label(match->route ? std::string_view(match->route->pattern)
+                                              : std::string_view("unmatched"));
     }
     return *match;
   };
@@ -382,7 +385,7 @@ Task<bool> HttpServer::handle_request(TcpSocket& stream, IoDeadline& deadline, b
   if (exchange.route_label().empty()) match_route(); // refused by the front before any route was chosen
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   const unsigned status = exchange.response_started() ? exchange.status() : 499; // 499: client closed request
-  const std::string& route = exchange.route_label();
+  const std::string_view route = exchange.route_label();
   const auto series = thread.series.find(metrics_, method, route, status);
   series.requests.inc();
   series.duration.observe(seconds);

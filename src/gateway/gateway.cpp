@@ -184,7 +184,7 @@ Task<bool> Gateway::handle(http::HttpExchange& exchange) {
   if (!target) co_return false; // this process's own routes, or 404
   const auto pool = pools_.find(target->pool);
   if (pool == pools_.end()) co_return false; // served in this process
-  exchange.set_route_label(target->prefix);
+  exchange.set_route_label(target->path_prefix);
   co_await proxy_request(exchange, *pool->second);
   co_return true;
 }

@@ -5,7 +5,10 @@
 
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/container/small_vector.hpp>
 #include <fmt/format.h>
+
+#include <cstring>
 
 namespace mmserve::gateway {
 namespace bhttp = boost::beast::http;
@@ -42,12 +45,10 @@ bool is_hop_by_hop(bhttp::field known, std::string_view name,
   return false;
 }
 
-// The tokens of the Connection field, as views into `fields` (which outlive them).
-template <typename Fields> std::vector<std::string_view> connection_tokens(const Fields& fields) {
+// The tokens of a Connection field's value, as views into it.
+std::vector<std::string_view> connection_tokens(beast::string_view value) {
   std::vector<std::string_view> tokens;
-  const auto connection = fields.find(bhttp::field::connection);
-  if (connection == fields.end()) return tokens;
-  for (const auto& token : bhttp::token_list(connection->value())) {
+  for (const auto& token : bhttp::token_list(value)) {
     // The usual values name no field (Keep-Alive is hop-by-hop already): no list to allocate.
     if (beast::iequals(token, "keep-alive") || beast::iequals(token, "close")) continue;
     tokens.emplace_back(token.data(), token.size());
@@ -64,7 +65,9 @@ std::string_view view(beast::string_view text) {
 // Beast's parser (tokens, no CR or LF) or from this process.
 std::string upstream_request_head(const http::HttpExchange& exchange, bool chunked_body) {
   const auto& incoming = exchange.headers();
-  const auto listed = connection_tokens(incoming);
+  std::vector<std::string_view> listed;
+  if (const auto connection = incoming.find(bhttp::field::connection); connection != incoming.end())
+    listed = connection_tokens(connection->value());
   std::string head;
   head.reserve(512);
   head.append(exchange.method_string()).append(" ").append(exchange.target()).append(" HTTP/1.1\r\n");
@@ -101,38 +104,98 @@ std::string upstream_request_head(const http::HttpExchange& exchange, bool chunk
   return head;
 }
 
-// Bump allocation for one upstream response's header fields, which live
-// exactly as long as one request's parser: each field costs no heap
-// allocation. Past the inline buffer, the heap.
+// Bump allocation for the copies of one upstream response's header fields,
+// which live exactly as long as one request's parser: no heap allocation per
+// field. Past the inline buffer, the heap (freed with the arena).
 class FieldArena {
 public:
-  void* allocate(size_t bytes, size_t alignment) {
-    const size_t offset = (used_ + alignment - 1) & ~(alignment - 1);
-    if (offset + bytes <= sizeof(buffer_)) {
-      used_ = offset + bytes;
-      return buffer_ + offset;
+  FieldArena() = default;
+  FieldArena(const FieldArena&) = delete;
+  FieldArena& operator=(const FieldArena&) = delete;
+  std::string_view copy(std::string_view text) {
+    char* place = nullptr;
+    if (used_ + text.size() <= sizeof(buffer_)) {
+      place = buffer_ + used_;
+      used_ += text.size();
+    } else {
+      place = overflow_.emplace_back(std::make_unique_for_overwrite<char[]>(text.size())).get();
     }
-    return ::operator new(bytes);
-  }
-  void deallocate(void* pointer) {
-    const auto* byte = static_cast<const char*>(pointer);
-    if (byte >= buffer_ && byte < buffer_ + sizeof(buffer_)) return;
-    ::operator delete(pointer);
+    std::memcpy(place, text.data(), text.size());
+    return {place, text.size()};
   }
 
 private:
-  alignas(std::max_align_t) char buffer_[4096];
+  char buffer_[4096];
   size_t used_ = 0;
+  std::vector<std::unique_ptr<char[]>> overflow_;
 };
 
-template <typename T> struct FieldArenaAllocator {
-  using value_type = T;
-  explicit FieldArenaAllocator(FieldArena& arena) : arena(&arena) {}
-  template <typename U> FieldArenaAllocator(const FieldArenaAllocator<U>& other) : arena(other.arena) {}
-  T* allocate(size_t count) { return static_cast<T*>(arena->allocate(count * sizeof(T), alignof(T))); }
-  void deallocate(T* pointer, size_t) { arena->deallocate(pointer); }
-  template <typename U> bool operator==(const FieldArenaAllocator<U>& other) const { return arena == other.arena; }
-  FieldArena* arena;
+// The upstream's response as the relay needs it: the status, the fields in
+// arrival order, and body bytes written straight into the caller's relay
+// buffer. Beast's own parser would also file every field into a
+// case-insensitive tree that a proxy, passing fields on in order, never
+// searches.
+class RelayResponseParser : public bhttp::basic_parser<false> {
+public:
+  struct Field {
+    bhttp::field known;
+    std::string_view name;
+    std::string_view value;
+  };
+
+  unsigned status() const { return status_; }
+  const boost::container::small_vector<Field, 24>& fields() const { return fields_; }
+  // The first field with this (known) name, or nullptr.
+  const Field* find(bhttp::field known) const {
+    for (const auto& field : fields_)
+      if (field.known == known) return &field;
+    return nullptr;
+  }
+  // Body bytes go to [data, data + size) from now on.
+  void set_body_buffer(char* data, size_t size) {
+    body_data_ = data;
+    body_space_ = size;
+    body_written_ = 0;
+  }
+  size_t body_written() const { return body_written_; }
+
+private:
+  void on_request_impl(bhttp::verb, beast::string_view, beast::string_view, int, beast::error_code& ec) override {
+    ec = bhttp::error::bad_method; // a response parser sees no request line
+  }
+  void on_response_impl(int code, beast::string_view, int, beast::error_code&) override {
+    status_ = static_cast<unsigned>(code);
+  }
+  void on_field_impl(bhttp::field known, beast::string_view name, beast::string_view value,
+                     beast::error_code&) override {
+    // The views point into the read buffer, which the body reads reuse: copied.
+    fields_.push_back({known, arena_.copy(view(name)), arena_.copy(view(value))});
+  }
+  void on_header_impl(beast::error_code&) override {}
+  void on_body_init_impl(const boost::optional<uint64_t>&, beast::error_code&) override {}
+  size_t on_body_impl(beast::string_view body, beast::error_code& ec) override { return take_body(body, ec); }
+  void on_chunk_header_impl(uint64_t, beast::string_view, beast::error_code&) override {}
+  size_t on_chunk_body_impl(uint64_t, beast::string_view body, beast::error_code& ec) override {
+    return take_body(body, ec);
+  }
+  void on_finish_impl(beast::error_code&) override {}
+
+  // As Beast's buffer_body: what fits, then need_buffer until the caller sets the next buffer.
+  size_t take_body(beast::string_view body, beast::error_code& ec) {
+    const size_t room = body_space_ - body_written_;
+    const size_t taken = std::min(room, body.size());
+    if (taken > 0) std::memcpy(body_data_ + body_written_, body.data(), taken);
+    body_written_ += taken;
+    if (taken < body.size()) ec = bhttp::error::need_buffer;
+    return taken;
+  }
+
+  unsigned status_ = 0;
+  FieldArena arena_;
+  boost::container::small_vector<Field, 24> fields_;
+  char* body_data_ = nullptr;
+  size_t body_space_ = 0;
+  size_t body_written_ = 0;
 };
 
 class UpstreamFailure : public std::runtime_error {
@@ -247,9 +310,7 @@ Task<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool) {
 
   // The response head, within the read timeout; a client that leaves meanwhile cancels it.
   // Declared before the parser, so it outlives it (the connection may be gone first).
-  FieldArena response_fields;
-  bhttp::response_parser<bhttp::buffer_body, FieldArenaAllocator<char>> parser(
-      std::piecewise_construct, std::make_tuple(), std::make_tuple(FieldArenaAllocator<char>(response_fields)));
+  RelayResponseParser parser;
   parser.body_limit(std::numeric_limits<uint64_t>::max());
   parser.header_limit(64 * 1024);
   if (exchange.method() == bhttp::verb::head) parser.skip(true);
@@ -281,29 +342,26 @@ Task<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool) {
   pool.report_success(endpoint);
 
   // The response head as the client sees it.
-  const auto& answer = parser.get();
-  const auto answer_listed = connection_tokens(answer.base());
+  std::vector<std::string_view> answer_listed;
+  if (const auto* field = parser.find(bhttp::field::connection)) answer_listed = connection_tokens(field->value);
   std::vector<std::pair<std::string_view, std::string_view>> fields;
-  fields.reserve(16);
-  for (const auto& field : answer.base()) {
-    const std::string_view name = view(field.name_string());
-    if (is_hop_by_hop(field.name(), name, answer_listed)) continue;
-    fields.emplace_back(name, view(field.value()));
+  fields.reserve(parser.fields().size() + 1);
+  for (const auto& field : parser.fields()) {
+    if (is_hop_by_hop(field.known, field.name, answer_listed)) continue;
+    fields.emplace_back(field.name, field.value);
   }
   std::optional<uint64_t> length;
   if (const auto declared = parser.content_length()) length = *declared;
   if (exchange.method() == bhttp::verb::head) {
     // A HEAD answer keeps the length the upstream declared for the GET.
-    if (const auto declared = answer.find(bhttp::field::content_length); declared != answer.end())
-      fields.emplace_back("Content-Length", view(declared->value()));
+    if (const auto* declared = parser.find(bhttp::field::content_length))
+      fields.emplace_back("Content-Length", declared->value);
   }
   // The body, each piece passed on as it arrives.
   if (!connection->relay_buffer) connection->relay_buffer = std::make_unique_for_overwrite<char[]>(kRelayBufferSize);
   char* const buffer = connection->relay_buffer.get();
   auto read_piece = [&]() -> Task<std::string_view> {
-    auto& body = parser.get().body();
-    body.data = buffer;
-    body.size = kRelayBufferSize;
+    parser.set_body_buffer(buffer, kRelayBufferSize);
     boost::system::error_code ec;
     upstream_deadline.expires_after(millis(config.read_timeout_s));
     co_await bhttp::async_read_some(upstream, connection->buffer, parser, net::redirect_error(use_task, ec));
@@ -314,12 +372,12 @@ Task<void> proxy_request(http::HttpExchange& exchange, UpstreamPool& pool) {
       throw std::runtime_error(
           fmt::format("upstream {} broke off its response: {}", endpoint.label, ec.message())); // client cut off
     }
-    co_return std::string_view(buffer, kRelayBufferSize - parser.get().body().size);
+    co_return std::string_view(buffer, parser.body_written());
   };
   // Body bytes that came with the head go out with it, in one write.
   std::string_view first;
   if (!parser.is_done() && connection->buffer.size() > 0) first = co_await read_piece();
-  co_await exchange.begin_relay(answer.result_int(), fields, length, first);
+  co_await exchange.begin_relay(parser.status(), fields, length, first);
   while (!parser.is_done()) {
     const std::string_view piece = co_await read_piece();
     if (!piece.empty()) co_await exchange.write_chunk(piece);

@@ -2,9 +2,16 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
 
 namespace mmserve::gateway {
 namespace {
+
+std::string lowered(std::string_view text) {
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+  return out;
+}
 
 std::string lower_host(std::string_view host) {
   // "[::1]:8080" and "api.example.com:443" lose their port.
@@ -14,23 +21,20 @@ std::string lower_host(std::string_view host) {
   } else if (const auto colon = host.rfind(':'); colon != std::string_view::npos) {
     host = host.substr(0, colon);
   }
-  std::string out(host);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::string out = lowered(host);
   if (!out.empty() && out.back() == '.') out.pop_back(); // "example.com." is example.com
   return out;
 }
 
-// 2: exact host, 1: wildcard domain, 0: any host; -1: no match.
+// 2: exact host, 1: wildcard domain, 0: any host; -1: no match. `pattern` is lower case.
 int host_rank(const std::string& pattern, const std::string& host) {
   if (pattern == "*") return 0;
-  std::string lower = pattern;
-  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (lower.rfind("*.", 0) == 0) {
+  if (pattern.starts_with("*.")) {
     // "*.example.com" covers one or more labels before ".example.com", as in Kubernetes Ingress.
-    const std::string suffix = lower.substr(1);
+    const std::string_view suffix = std::string_view(pattern).substr(1);
     return host.size() > suffix.size() && host.ends_with(suffix) ? 1 : -1;
   }
-  return lower == host ? 2 : -1;
+  return pattern == host ? 2 : -1;
 }
 
 } // namespace
@@ -42,15 +46,23 @@ bool path_has_prefix(std::string_view path, std::string_view prefix) {
   return next == '/' || next == '?';
 }
 
-RouteTable::RouteTable(std::vector<GatewayRoute> routes) : routes_(std::move(routes)) {}
+RouteTable::RouteTable(std::vector<GatewayRoute> routes) : routes_(std::move(routes)) {
+  // Host names compare case-insensitively: patterns are lowered once here, request hosts when a route needs them.
+  for (auto& route : routes_)
+    route.host = lowered(route.host);
+}
 
-std::optional<RouteTarget> RouteTable::match(std::string_view host, std::string_view path) const {
-  const std::string request_host = lower_host(host);
+const GatewayRoute* RouteTable::match(std::string_view host, std::string_view path) const {
+  std::optional<std::string> request_host;
   const GatewayRoute* best = nullptr;
   int best_rank = -1;
   for (const auto& route : routes_) {
     if (!path_has_prefix(path, route.path_prefix)) continue;
-    const int rank = host_rank(route.host, request_host);
+    int rank = 0;
+    if (route.host != "*") {
+      if (!request_host) request_host = lower_host(host);
+      rank = host_rank(route.host, *request_host);
+    }
     if (rank < 0) continue;
     if (!best || route.path_prefix.size() > best->path_prefix.size() ||
         (route.path_prefix.size() == best->path_prefix.size() && rank > best_rank)) {
@@ -58,8 +70,7 @@ std::optional<RouteTarget> RouteTable::match(std::string_view host, std::string_
       best_rank = rank;
     }
   }
-  if (!best) return std::nullopt;
-  return RouteTarget{best->path_prefix, best->pool};
+  return best;
 }
 
 } // namespace mmserve::gateway

@@ -5,24 +5,20 @@
 
 #include "core/config.hpp"
 
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace mmserve::gateway {
 
-struct RouteTarget {
-  std::string prefix; // the route's path prefix: its label in metrics and logs
-  std::string pool;
-};
-
 class RouteTable {
 public:
   explicit RouteTable(std::vector<GatewayRoute> routes);
 
-  // `host` is the request's Host header (a port, if any, is ignored).
-  std::optional<RouteTarget> match(std::string_view host, std::string_view path) const;
+  // The route for a request, or nullptr. `host` is the request's Host
+  // header (a port, if any, is ignored). Its path prefix is the request's
+  // label in metrics and logs.
+  const GatewayRoute* match(std::string_view host, std::string_view path) const;
 
 private:
   std::vector<GatewayRoute> routes_;

@@ -29,7 +29,7 @@ std::string sha256_hex(const std::string& text) {
 TEST(RouteTable, LongestPrefixWinsAndMatchesWholeSegments) {
   RouteTable table(default_gateway_routes());
   EXPECT_EQ(table.match("api.example.com", "/v1/chat/vision")->pool, "vision");
-  EXPECT_EQ(table.match("x", "/v1/chat/vision?x=1")->prefix, "/v1/chat/vision");
+  EXPECT_EQ(table.match("x", "/v1/chat/vision?x=1")->path_prefix, "/v1/chat/vision");
   EXPECT_EQ(table.match("x", "/v1/images/generate")->pool, "image");
   EXPECT_EQ(table.match("x", "/v1/audio/transcriptions")->pool, "speech");
   EXPECT_EQ(table.match("x", "/v1/audio/translations")->pool, "speech");

@@ -386,6 +386,35 @@ gateway:
   stale.child.kill('SIGKILL');
 });
 
+test('answers relayed as the upstream sent them: long bodies with and without length, many long fields, HEAD; hop-by-hop fields dropped', async () => {
+  const gateway = await startMmserve(`gateway:
+  routes: [{path: /v1/files/, pool: vision}]
+${seedPools}
+`);
+  const expected = (size) => Array.from({ length: size }, (_, i) => String.fromCharCode(97 + (i % 26))).join('');
+  for (const chunked of ['0', '1']) {
+    // 300 kB: several 64 KiB relay buffers; 30 fields of 200+ bytes: past the parser's inline field storage.
+    const answer = await raw(gateway.port, 'GET', `/v1/files/download?bytes=300000&headers=30&chunked=${chunked}`);
+    assert.equal(answer.status, 200);
+    assert.equal(answer.text.length, 300000, `chunked=${chunked}`);
+    assert.ok(answer.text === expected(300000), `chunked=${chunked}: the body arrives intact`);
+    assert.equal(answer.headers['content-type'], 'application/octet-stream');
+    assert.match(answer.headers['x-upstream'], /^vision-[12]$/);
+    for (let i = 0; i < 30; i++) assert.equal(answer.headers[`x-h-${i}`], `${i}-${'v'.repeat(200)}`, `x-h-${i}`);
+    assert.equal(answer.headers['x-hop'], undefined, 'a field the Connection field lists is not passed on');
+    if (chunked === '0') assert.equal(answer.headers['content-length'], '300000');
+    else assert.equal(answer.headers['transfer-encoding'], 'chunked');
+  }
+  const head = await raw(gateway.port, 'HEAD', '/v1/files/download?bytes=12345');
+  assert.equal(head.status, 200);
+  assert.equal(head.headers['content-length'], '12345', 'HEAD keeps the length declared for the GET');
+  assert.equal(head.text, '');
+  const empty = await raw(gateway.port, 'GET', '/v1/files/download?bytes=0');
+  assert.equal(empty.status, 200);
+  assert.equal(empty.text, '');
+  assert.equal(await stop(gateway), 0);
+});
+
 test('killing one of two replicas under load: no request hangs, traffic moves to the other at once', async () => {
   const a = await startUpstream('replica-a');
   const b = await startUpstream('replica-b');

@@ -7,6 +7,11 @@
 //   GET  /control/slow-closed    how many .../slow requests the client side closed
 //   POST /control/keepalive?ms=N idle kept-alive connections closed after N ms
 //   GET  /control/connections    connections accepted so far
+//   GET|HEAD .../download?bytes=N&headers=K&chunked=1
+//                                N bytes of 'a'..'z' in 16 KiB writes, with
+//                                K long x-h-* fields, a field the Connection
+//                                field lists (x-hop), and Content-Length
+//                                unless chunked
 //   anything else                the request as seen: service, method, path,
 //                                headers, body bytes and their SHA-256 (the
 //                                body is hashed as it streams, never held)
@@ -34,6 +39,19 @@ const server = createServer((request, response) => {
   if (url.pathname === '/control/connections') return reply(200, { accepted: connectionsAccepted });
   if (url.pathname === '/v1/models') {
     return reply(200, { object: 'list', data: [{ id: `${name}-model`, object: 'model', owned_by: name }] });
+  }
+  if (url.pathname.endsWith('/download')) {
+    const size = Number(url.searchParams.get('bytes'));
+    const headers = { 'content-type': 'application/octet-stream', 'x-upstream': name, 'x-hop': 'this hop only',
+      connection: 'x-hop' };
+    for (let i = 0; i < Number(url.searchParams.get('headers') ?? 0); i++) headers[`x-h-${i}`] = `${i}-${'v'.repeat(200)}`;
+    if (url.searchParams.get('chunked') !== '1') headers['content-length'] = String(size);
+    response.writeHead(200, headers);
+    if (request.method === 'HEAD') return response.end();
+    const body = Buffer.alloc(size);
+    for (let i = 0; i < size; i++) body[i] = 97 + (i % 26);
+    for (let at = 0; at < size; at += 16384) response.write(body.subarray(at, Math.min(size, at + 16384)));
+    return response.end();
   }
   if (url.pathname.endsWith('/slow')) { // holds the request open
     request.socket.once('close', () => { slowClosed += 1; });
