@@ -3,6 +3,7 @@
 #include "api/json_body.hpp"
 #include "app/image_service.hpp"
 #include "core/api_error.hpp"
+#include "core/text.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -190,8 +191,7 @@ std::string parse_sampler(const std::string& name, const std::string& param) {
 std::string parse_webui_sampler(const std::string& name, const std::optional<std::string>& scheduler) {
   std::string canonical = parse_sampler(name, "sampler_name");
   if (!scheduler) return canonical;
-  std::string lower = *scheduler;
-  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  const std::string lower = text::lowered(*scheduler);
   if (lower == "automatic" || lower == "uniform" || lower.empty()) return canonical;
   if (lower != "karras") {
     throw invalid_value("scheduler", fmt::format("'{}' is not one of Automatic, Uniform, Karras.", *scheduler));

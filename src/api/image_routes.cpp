@@ -3,6 +3,7 @@
 #include "api/engine_response.hpp"
 #include "api/json_body.hpp"
 #include "core/base64.hpp"
+#include "core/config.hpp"
 #include "core/logging.hpp"
 #include "core/task.hpp"
 #include "core/version.hpp"
@@ -264,9 +265,7 @@ json progress_body(image::ImageActivity& activity, bool with_image) {
 bool query_flag(const http::HttpExchange& exchange, const std::string& key) {
   const auto it = exchange.query().find(key);
   if (it == exchange.query().end()) return false;
-  std::string value = it->second;
-  std::transform(value.begin(), value.end(), value.begin(), [](unsigned char c) { return std::tolower(c); });
-  return value == "true" || value == "1" || value == "yes";
+  return parse_bool(it->second).value_or(false);
 }
 
 void register_webui_routes(http::Router& router, const ImageRouteContext& context) {

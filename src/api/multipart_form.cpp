@@ -1,4 +1,5 @@
 #include "api/multipart_form.hpp"
+#include "core/text.hpp"
 
 #include <fmt/format.h>
 
@@ -7,20 +8,6 @@
 
 namespace mmserve::api {
 namespace {
-
-std::string lower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
-  return out;
-}
-
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t'))
-    text.remove_prefix(1);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t'))
-    text.remove_suffix(1);
-  return text;
-}
 
 ApiError malformed(const std::string& why) {
   return ApiError::bad_request("Malformed multipart/form-data body: " + why + ".", std::nullopt, "invalid_multipart");
@@ -36,7 +23,7 @@ std::vector<std::pair<std::string, std::string>> header_parameters(std::string_v
       ++i;
     const size_t eq = value.find('=', i);
     if (eq == std::string_view::npos) break;
-    std::string name = lower(trim(value.substr(i, eq - i)));
+    std::string name = text::lowered(text::trim_blanks(value.substr(i, eq - i)));
     i = eq + 1;
     std::string parsed;
     if (i < value.size() && value[i] == '"') {
@@ -50,7 +37,7 @@ std::vector<std::pair<std::string, std::string>> header_parameters(std::string_v
       i = value.find(';', i);
     } else {
       const size_t end = value.find(';', i);
-      parsed = std::string(trim(value.substr(i, end == std::string_view::npos ? end : end - i)));
+      parsed = std::string(text::trim_blanks(value.substr(i, end == std::string_view::npos ? end : end - i)));
       i = end;
     }
     out.emplace_back(std::move(name), std::move(parsed));
@@ -77,7 +64,7 @@ std::vector<std::string> MultipartForm::all(std::string_view name) const {
 }
 
 std::optional<std::string> multipart_boundary(std::string_view content_type) {
-  const std::string type = lower(trim(content_type.substr(0, content_type.find(';'))));
+  const std::string type = text::lowered(text::trim_blanks(content_type.substr(0, content_type.find(';'))));
   if (type != "multipart/form-data") return std::nullopt;
   try {
     for (auto& [name, value] : header_parameters(content_type)) {
@@ -180,10 +167,10 @@ void MultipartParser::parse_headers(std::string_view block) {
     if (line.empty()) continue;
     const size_t colon = line.find(':');
     if (colon == std::string_view::npos) throw malformed("a part header has no colon");
-    const std::string key = lower(trim(line.substr(0, colon)));
-    const std::string_view value = trim(line.substr(colon + 1));
+    const std::string key = text::lowered(text::trim_blanks(line.substr(0, colon)));
+    const std::string_view value = text::trim_blanks(line.substr(colon + 1));
     if (key == "content-disposition") {
-      if (lower(trim(value.substr(0, value.find(';')))) != "form-data") {
+      if (text::lowered(text::trim_blanks(value.substr(0, value.find(';')))) != "form-data") {
         throw malformed("a part's Content-Disposition is not form-data");
       }
       disposition = true;

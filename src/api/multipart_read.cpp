@@ -3,6 +3,7 @@
 // HTTP core).
 #include "api/multipart_form.hpp"
 #include "core/task.hpp"
+#include "core/text.hpp"
 
 #include <fmt/format.h>
 
@@ -14,9 +15,7 @@ namespace {
 
 bool starts_with_multipart(std::string_view content_type) {
   constexpr std::string_view kType = "multipart/form-data";
-  return content_type.size() >= kType.size() &&
-         std::equal(kType.begin(), kType.end(), content_type.begin(),
-                    [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
+  return text::iequals(content_type.substr(0, kType.size()), kType);
 }
 
 } // namespace

@@ -1,4 +1,5 @@
 #include "api/transcription_request.hpp"
+#include "core/text.hpp"
 
 #include <fmt/format.h>
 
@@ -10,21 +11,11 @@ namespace mmserve::api {
 namespace {
 
 std::string trim(std::string_view text) {
-  const auto blank = [](unsigned char c) { return std::isspace(c) != 0; };
-  while (!text.empty() && blank(text.front()))
-    text.remove_prefix(1);
-  while (!text.empty() && blank(text.back()))
-    text.remove_suffix(1);
-  return std::string(text);
-}
-
-std::string lower(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
-  return text;
+  return std::string(text::trim_space(text));
 }
 
 bool parse_form_bool(const std::string& text, const std::string& param) {
-  const std::string value = lower(trim(text));
+  const std::string value = text::lowered(trim(text));
   if (value == "true" || value == "1") return true;
   if (value == "false" || value == "0") return false;
   throw ApiError::bad_request(
@@ -78,7 +69,7 @@ TranscriptionRequest parse_transcription_request(const MultipartForm& form, bool
   request.params.translate = translation;
   if (auto model = form.field("model")) request.model = trim(*model);
   if (auto format = form.field("response_format")) request.format = parse_format(*format);
-  if (auto language = form.field("language")) request.params.language = lower(trim(*language));
+  if (auto language = form.field("language")) request.params.language = text::lowered(trim(*language));
   if (auto prompt = form.field("prompt")) request.params.prompt = *prompt;
   if (auto temperature = form.field("temperature")) request.params.temperature = parse_temperature(*temperature);
   if (auto stream = form.field("stream")) request.stream = parse_form_bool(*stream, "stream");

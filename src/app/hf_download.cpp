@@ -1,6 +1,7 @@
 #include "app/hf_download.hpp"
 
 #include "core/task.hpp"
+#include "core/text.hpp"
 #include "core/version.hpp"
 #include "storage/digest.hpp"
 
@@ -40,9 +41,7 @@ std::optional<Target> parse_target(const std::string& url) {
   const auto scheme_end = url.find("://");
   if (scheme_end == std::string::npos) return std::nullopt;
   Target target;
-  target.scheme = url.substr(0, scheme_end);
-  std::transform(target.scheme.begin(), target.scheme.end(), target.scheme.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  target.scheme = text::lowered(std::string_view(url).substr(0, scheme_end));
   if (target.scheme != "http" && target.scheme != "https") return std::nullopt;
   const std::string rest = url.substr(scheme_end + 3);
   const auto path_start = rest.find('/');
@@ -55,9 +54,7 @@ std::optional<Target> parse_target(const std::string& url) {
     authority.resize(colon);
   }
   if (authority.starts_with("[") && authority.ends_with("]")) authority = authority.substr(1, authority.size() - 2);
-  std::transform(authority.begin(), authority.end(), authority.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  target.host = authority;
+  target.host = text::lowered(authority);
   if (target.port.empty()) target.port = target.scheme == "https" ? "443" : "80";
   if (target.host.empty() || target.port.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
   return target;
@@ -83,10 +80,7 @@ std::string sha256_from_etag(std::string_view value) {
   while (!value.empty() && value.back() == '"')
     value.remove_suffix(1);
   if (value.size() != 64 || value.find_first_not_of("0123456789abcdefABCDEF") != std::string_view::npos) return {};
-  std::string hex(value);
-  std::transform(hex.begin(), hex.end(), hex.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return hex;
+  return text::lowered(value);
 }
 
 struct Head {

@@ -1,6 +1,7 @@
 #include "app/input_archive.hpp"
 
 #include "core/logging.hpp"
+#include "core/text.hpp"
 #include "storage/digest.hpp"
 #include "storage/s3_client.hpp"
 
@@ -98,8 +99,7 @@ std::shared_ptr<InputArchive> make_input_archive(const Config& config, const std
 std::pair<std::string, std::string> upload_kind(const std::string& filename, const std::string& content_type) {
   std::string extension = std::filesystem::path(filename).extension().string();
   if (!extension.empty()) extension.erase(0, 1);
-  for (auto& c : extension)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  extension = text::lowered(extension);
   return {storage::valid_output_extension(extension) ? extension : "bin",
           content_type.empty() ? "application/octet-stream" : content_type};
 }

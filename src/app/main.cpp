@@ -149,6 +149,20 @@ void add_store_flags(CLI::App& command, StoreFlags& flags) {
   command.add_option("--models-dir", flags.models_dir, "Model store folder (default: MMSERVE_MODELS, models_dir)");
 }
 
+// What a command returns, or its failure said on stderr: 2 for a
+// configuration error, 1 for any other.
+template <typename Command> int exit_code_of(Command&& command) {
+  try {
+    return command();
+  } catch (const mmserve::ConfigError& error) {
+    std::cerr << "mmserve: configuration error: " << error.what() << '\n';
+    return 2;
+  } catch (const std::exception& error) {
+    std::cerr << "mmserve: " << error.what() << '\n';
+    return 1;
+  }
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -214,7 +228,7 @@ int main(int argc, char** argv) {
   }
 
   if (pull->parsed() || models->parsed()) {
-    try {
+    return exit_code_of([&] {
       if (pull->parsed() && pull_list) {
         for (const auto& entry : mmserve::model_catalogue())
           std::cout << fmt::format("{:<24} {:<7} {}\n", entry.name, entry.family, entry.description);
@@ -232,18 +246,12 @@ int main(int argc, char** argv) {
       }
       const std::string dir = models_dir_for(models_store.config_file, models_store.models_dir);
       return models_list->parsed() ? mmserve::run_models_list(dir) : mmserve::run_models_rm(dir, rm_name);
-    } catch (const mmserve::ConfigError& error) {
-      std::cerr << "mmserve: configuration error: " << error.what() << '\n';
-      return 2;
-    } catch (const std::exception& error) {
-      std::cerr << "mmserve: " << error.what() << '\n';
-      return 1;
-    }
+    });
   }
 
   for (const auto& entry : roles) {
     if (!entry->command->parsed()) continue;
-    try {
+    return exit_code_of([&] {
       Config config =
           entry->common.config_file.empty() ? Config{} : mmserve::load_config_file(entry->common.config_file);
       const auto applied = mmserve::apply_environment(config, entry->role, mmserve::process_environment());
@@ -260,13 +268,7 @@ int main(int argc, char** argv) {
         spdlog::info("--trust-remote-code accepted and not needed: mmserve runs no code from model folders");
       }
       return mmserve::run_role(entry->role, config);
-    } catch (const mmserve::ConfigError& error) {
-      std::cerr << "mmserve: configuration error: " << error.what() << '\n';
-      return 2;
-    } catch (const std::exception& error) {
-      std::cerr << "mmserve: " << error.what() << '\n';
-      return 1;
-    }
+    });
   }
   return 2;
 }

@@ -1,4 +1,5 @@
 #include "app/model_discovery.hpp"
+#include "core/text.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -18,14 +19,8 @@ int64_t file_time_unix(const fs::path& path) {
 }
 
 bool has_extension(const fs::path& path, std::initializer_list<const char*> extensions) {
-  std::string ext = path.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  const std::string ext = text::lowered(path.extension().string());
   return std::any_of(extensions.begin(), extensions.end(), [&](const char* e) { return ext == e; });
-}
-
-std::string lower(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
-  return text;
 }
 
 ModelStatus found(ModelStatus status, const fs::path& path) {
@@ -55,7 +50,7 @@ ModelStatus discover_vision_model(const VisionConfig& config, VisionModelFiles* 
     std::vector<fs::path> models;
     for (const auto& entry : fs::directory_iterator(path, ec)) {
       if (!entry.is_regular_file() || !has_extension(entry.path(), {".gguf"})) continue;
-      if (lower(entry.path().filename().string()).find("mmproj") != std::string::npos) {
+      if (text::lowered(entry.path().filename().string()).find("mmproj") != std::string::npos) {
         if (mmproj.empty()) mmproj = entry.path();
       } else {
         models.push_back(entry.path());
@@ -72,7 +67,7 @@ ModelStatus discover_vision_model(const VisionConfig& config, VisionModelFiles* 
     model = models.front();
     if (config.load_8bit) {
       for (const auto& candidate : models) {
-        if (lower(candidate.filename().string()).find("q8_0") != std::string::npos) model = candidate;
+        if (text::lowered(candidate.filename().string()).find("q8_0") != std::string::npos) model = candidate;
       }
     }
     if (config.model_name.empty()) status.id = path.filename().string();

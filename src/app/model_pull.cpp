@@ -2,6 +2,7 @@
 
 #include "app/hf_download.hpp"
 #include "app/model_store.hpp"
+#include "core/text.hpp"
 #include "storage/digest.hpp"
 
 #include <fmt/format.h>
@@ -156,19 +157,13 @@ nlohmann::json fetch_repo_info(const std::string& endpoint, const PullPlan& plan
   return doc.is_object() ? doc : nlohmann::json(nullptr);
 }
 
-std::string lower(std::string text) {
-  for (auto& c : text)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return text;
-}
-
 // The first of `candidates` whose name holds the earliest of `preferences`;
 // the only candidate, or nullopt when several match none.
 std::optional<std::string> preferred(const std::vector<std::string>& candidates,
                                      std::initializer_list<const char*> preferences) {
   for (const char* preference : preferences) {
     for (const auto& candidate : candidates) {
-      if (lower(candidate).find(preference) != std::string::npos) return candidate;
+      if (text::lowered(candidate).find(preference) != std::string::npos) return candidate;
     }
   }
   if (candidates.size() == 1) return candidates.front();
@@ -222,7 +217,7 @@ void choose_repo_files(PullPlan& plan, const std::vector<std::string>& files) {
   for (const auto& file : files) {
     const std::string base = fs::path(file).filename().string();
     if (file.ends_with(".gguf"))
-      (lower(base).find("mmproj") != std::string::npos ? projectors : models).push_back(file);
+      (text::lowered(base).find("mmproj") != std::string::npos ? projectors : models).push_back(file);
     if (base.starts_with("ggml-") && base.ends_with(".bin")) whisper.push_back(file);
     if (file.ends_with(".safetensors") && file.find('/') == std::string::npos) checkpoints.push_back(file);
   }

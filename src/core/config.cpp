@@ -1,6 +1,7 @@
 #include "core/config.hpp"
 
 #include "core/quantity.hpp"
+#include "core/text.hpp"
 #include "media/url_fetch.hpp"
 
 #include <yaml-cpp/yaml.h>
@@ -266,8 +267,7 @@ std::vector<GatewayApiKey> read_api_keys(std::vector<Section> items) {
     item.read_checked("sha256", key.sha256, is_hex_sha256,
                       "the key's SHA-256 as 64 hex digits, e.g. from `printf %s \"$KEY\" | sha256sum`");
     if (key.sha256.empty()) item.fail_here("needs sha256 (the hex SHA-256 of the key)");
-    for (auto& c : key.sha256)
-      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    key.sha256 = text::lowered(key.sha256);
     if (key.name.empty()) key.name = key.sha256.substr(0, 8);
     item.read_list<std::string>(
         "routes", key.routes,
@@ -481,9 +481,7 @@ std::optional<std::array<unsigned char, 3>> parse_hex_colour(const std::string& 
 }
 
 std::optional<bool> parse_bool(const std::string& text) {
-  std::string lower;
-  for (char c : text)
-    lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string lower = text::lowered(text);
   if (lower == "true" || lower == "1" || lower == "yes" || lower == "on") return true;
   if (lower == "false" || lower == "0" || lower == "no" || lower == "off") return false;
   return std::nullopt;

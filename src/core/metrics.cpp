@@ -14,31 +14,16 @@ size_t this_thread_cell() {
   return cell;
 }
 
-namespace {
-
-double sum_of(const std::array<CellValue, kCells>& cells) {
+double CellSum::sum() const {
   double total = 0.0;
-  for (const auto& cell : cells)
+  for (const auto& cell : cells_)
     total += cell.value.load(std::memory_order_relaxed);
   return total;
 }
 
-} // namespace
-
-void Counter::inc(double amount) {
-  if (amount < 0) {
-    throw std::invalid_argument("counter increments must not be negative");
-  }
-  cells_[this_thread_cell()].value.fetch_add(amount, std::memory_order_relaxed);
-}
-
-double Counter::value() const {
-  return sum_of(cells_);
-}
-
-void Counter::mirror(double total) {
-  // Kept in the first cell, so that concurrent scrapes mirroring the same
-  // total settle on it instead of each adding the difference.
+void CellSum::raise_total_to(double total) {
+  // Only the first cell moves, so that concurrent callers raising to the
+  // same total settle on it instead of each adding the difference.
   double others = 0.0;
   for (size_t i = 1; i < kCells; ++i)
     others += cells_[i].value.load(std::memory_order_relaxed);
@@ -48,20 +33,19 @@ void Counter::mirror(double total) {
   }
 }
 
-void Gauge::set(double value) {
-  // A gauge is either set or added to (in-flight counts), so the other
-  // cells hold nothing to keep here.
+void CellSum::set_total(double total) {
+  // A gauge is either set or added to (in-flight counts), never both, so the
+  // other cells hold nothing to keep here.
   for (size_t i = 1; i < kCells; ++i)
     cells_[i].value.store(0.0, std::memory_order_relaxed);
-  cells_[0].value.store(value, std::memory_order_relaxed);
+  cells_[0].value.store(total, std::memory_order_relaxed);
 }
 
-void Gauge::add(double amount) {
-  cells_[this_thread_cell()].value.fetch_add(amount, std::memory_order_relaxed);
-}
-
-double Gauge::value() const {
-  return sum_of(cells_);
+void Counter::inc(double amount) {
+  if (amount < 0) {
+    throw std::invalid_argument("counter increments must not be negative");
+  }
+  total_.add(amount);
 }
 
 Histogram::Histogram(const std::vector<double>& upper_bounds)

@@ -29,32 +29,46 @@ inline constexpr size_t kCells = 8;
 // kCells threads share cells, which costs speed, never counts).
 size_t this_thread_cell();
 
-struct alignas(64) CellValue {
-  std::atomic<double> value{0.0};
+// One value split over the cells: adds go to the calling thread's cell,
+// reads add the cells up.
+class CellSum {
+public:
+  void add(double amount) { cells_[this_thread_cell()].value.fetch_add(amount, std::memory_order_relaxed); }
+  double sum() const;
+  // For values that are set rather than added to: the first cell is made to
+  // hold the total less what the others hold.
+  void raise_total_to(double total);
+  void set_total(double total);
+
+private:
+  struct alignas(64) Cell {
+    std::atomic<double> value{0.0};
+  };
+  std::array<Cell, kCells> cells_;
 };
 
 class Counter {
 public:
   void inc(double amount = 1.0);
-  double value() const;
+  double value() const { return total_.sum(); }
   // For collectors mirroring a monotonic counter kept elsewhere (the kernel's
   // CPU time): sets the total, never lowering it.
-  void mirror(double total);
+  void mirror(double total) { total_.raise_total_to(total); }
 
 private:
-  std::array<CellValue, kCells> cells_;
+  CellSum total_;
 };
 
 class Gauge {
 public:
-  void set(double value);
-  void add(double amount);
+  void set(double value) { value_.set_total(value); }
+  void add(double amount) { value_.add(amount); }
   void inc() { add(1.0); }
   void dec() { add(-1.0); }
-  double value() const;
+  double value() const { return value_.sum(); }
 
 private:
-  std::array<CellValue, kCells> cells_;
+  CellSum value_;
 };
 
 class Histogram {

@@ -1,5 +1,6 @@
 #include "gateway/access_control.hpp"
 
+#include "core/text.hpp"
 #include "gateway/route_table.hpp"
 
 #include <openssl/crypto.h>
@@ -51,7 +52,7 @@ std::optional<std::string_view> bearer_token(std::string_view authorization) {
   constexpr std::string_view kScheme = "bearer ";
   if (authorization.size() <= kScheme.size()) return std::nullopt;
   for (size_t i = 0; i < kScheme.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(authorization[i])) != kScheme[i]) return std::nullopt;
+    if (text::ascii_lower(authorization[i]) != kScheme[i]) return std::nullopt;
   }
   std::string_view token = authorization.substr(kScheme.size());
   while (!token.empty() && token.front() == ' ')

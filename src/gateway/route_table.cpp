@@ -1,4 +1,5 @@
 #include "gateway/route_table.hpp"
+#include "core/text.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -6,12 +7,6 @@
 
 namespace mmserve::gateway {
 namespace {
-
-std::string lowered(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
-  return out;
-}
 
 std::string lower_host(std::string_view host) {
   // "[::1]:8080" and "api.example.com:443" lose their port.
@@ -21,7 +16,7 @@ std::string lower_host(std::string_view host) {
   } else if (const auto colon = host.rfind(':'); colon != std::string_view::npos) {
     host = host.substr(0, colon);
   }
-  std::string out = lowered(host);
+  std::string out = text::lowered(host);
   if (!out.empty() && out.back() == '.') out.pop_back(); // "example.com." is example.com
   return out;
 }
@@ -49,7 +44,7 @@ bool path_has_prefix(std::string_view path, std::string_view prefix) {
 RouteTable::RouteTable(std::vector<GatewayRoute> routes) : routes_(std::move(routes)) {
   // Host names compare case-insensitively: patterns are lowered once here, request hosts when a route needs them.
   for (auto& route : routes_)
-    route.host = lowered(route.host);
+    route.host = text::lowered(route.host);
 }
 
 const GatewayRoute* RouteTable::match(std::string_view host, std::string_view path) const {

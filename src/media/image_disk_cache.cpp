@@ -1,4 +1,5 @@
 #include "media/image_disk_cache.hpp"
+#include "core/text.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -9,21 +10,6 @@ namespace mmserve::media {
 namespace {
 
 constexpr char kRgbMagic[8] = {'M', 'M', 'R', 'G', 'B', '8', 1, 0}; // format version in the last two bytes
-
-std::string lower(std::string_view text) {
-  std::string out(text);
-  for (auto& c : out)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t'))
-    text.remove_prefix(1);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t'))
-    text.remove_suffix(1);
-  return text;
-}
 
 std::optional<int64_t> parse_seconds(std::string_view text) {
   if (text.size() >= 2 && text.front() == '"' && text.back() == '"') text = text.substr(1, text.size() - 2);
@@ -68,12 +54,12 @@ std::optional<std::chrono::seconds> shared_cache_lifetime(std::string_view cache
   while (start <= cache_control.size()) {
     auto end = cache_control.find(',', start);
     if (end == std::string_view::npos) end = cache_control.size();
-    const std::string directive = lower(trim(cache_control.substr(start, end - start)));
+    const std::string directive = text::lowered(text::trim_blanks(cache_control.substr(start, end - start)));
     start = end + 1;
     const auto eq = directive.find('=');
-    const std::string name(trim(std::string_view(directive).substr(0, eq)));
+    const std::string name(text::trim_blanks(std::string_view(directive).substr(0, eq)));
     const std::string_view value =
-        eq == std::string::npos ? std::string_view() : trim(std::string_view(directive).substr(eq + 1));
+        eq == std::string::npos ? std::string_view() : text::trim_blanks(std::string_view(directive).substr(eq + 1));
     if (name == "no-store" || name == "no-cache" || name == "private") return std::nullopt;
     if (name == "max-age") max_age = parse_seconds(value);
     if (name == "s-maxage") s_maxage = parse_seconds(value);

@@ -1,7 +1,9 @@
 #include "media/url_fetch.hpp"
 
 #include "core/api_error.hpp"
+#include "core/client_connect.hpp"
 #include "core/task.hpp"
+#include "core/text.hpp"
 #include "core/version.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -14,9 +16,7 @@
 
 #include <fmt/format.h>
 
-#include <map>
 #include <memory>
-#include <mutex>
 
 namespace mmserve::media {
 namespace {
@@ -42,9 +42,7 @@ std::optional<Url> parse_url(const std::string& text) {
   Url url;
   const auto scheme_end = text.find("://");
   if (scheme_end == std::string::npos) return std::nullopt;
-  url.scheme = text.substr(0, scheme_end);
-  for (auto& c : url.scheme)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  url.scheme = text::lowered(std::string_view(text).substr(0, scheme_end));
   if (url.scheme != "http" && url.scheme != "https") return std::nullopt;
   std::string rest = text.substr(scheme_end + 3);
   if (const auto hash = rest.find('#'); hash != std::string::npos) rest.resize(hash);
@@ -167,36 +165,6 @@ Task<Response> send_get(Stream& stream, const Url& url, const FetchPolicy& polic
   co_return response;
 }
 
-// One TLS client context per CA configuration, built on first use: loading
-// the system's CA store is file I/O that every https fetch would repeat.
-std::shared_ptr<net::ssl::context> tls_client_context(const std::string& ca_file) {
-  static std::mutex mutex;
-  static std::map<std::string, std::shared_ptr<net::ssl::context>> contexts;
-  std::lock_guard lock(mutex);
-  auto& context = contexts[ca_file];
-  if (!context) {
-    auto fresh = std::make_shared<net::ssl::context>(net::ssl::context::tls_client);
-    fresh->set_default_verify_paths();
-    if (!ca_file.empty()) fresh->load_verify_file(ca_file);
-    fresh->set_verify_mode(net::ssl::verify_peer);
-    context = std::move(fresh);
-  }
-  return context;
-}
-
-// DNS with a deadline: the resolver is cancelled when the timer fires first.
-Task<tcp::resolver::results_type> resolve(const Url& url, Clock::time_point deadline) {
-  auto executor = co_await net::this_coro::executor;
-  tcp::resolver resolver(executor);
-  net::steady_timer timer(executor, deadline);
-  timer.async_wait([&resolver](boost::system::error_code error) {
-    if (!error) resolver.cancel();
-  });
-  auto results = co_await resolver.async_resolve(url.host, url.port, use_task);
-  timer.cancel();
-  co_return results;
-}
-
 } // namespace
 
 bool Network::contains(const net::ip::address& candidate) const {
@@ -268,7 +236,7 @@ Task<FetchedBody> fetch_url(std::string text, const FetchPolicy& policy, std::st
     }
     tcp::resolver::results_type resolved;
     try {
-      resolved = co_await resolve(*url, deadline);
+      resolved = co_await client::resolve_by(url->host, url->port, deadline);
     } catch (const boost::system::system_error& error) {
       throw fetch_failed(
           current,
@@ -305,13 +273,9 @@ Task<FetchedBody> fetch_url(std::string text, const FetchPolicy& policy, std::st
       if (url->scheme == "http") {
         response = co_await send_get(tcp_stream, *url, policy, current, param);
       } else {
-        const auto tls = tls_client_context(policy.ca_file);
+        const auto tls = client::tls_context(policy.ca_file);
         beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), *tls);
-        if (!SSL_set_tlsext_host_name(stream.native_handle(), url->host.c_str())) {
-          throw fetch_failed(current, "TLS server name could not be set", param);
-        }
-        stream.set_verify_callback(net::ssl::host_name_verification(url->host));
-        co_await stream.async_handshake(net::ssl::stream_base::client, use_task);
+        co_await client::tls_handshake(stream, url->host);
         response = co_await send_get(stream, *url, policy, current, param);
       }
     } catch (const boost::system::system_error& error) {

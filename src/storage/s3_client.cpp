@@ -1,7 +1,9 @@
 #include "storage/s3_client.hpp"
 
+#include "core/client_connect.hpp"
 #include "core/config.hpp"
 #include "core/task.hpp"
+#include "core/text.hpp"
 #include "core/version.hpp"
 #include "storage/digest.hpp"
 
@@ -19,7 +21,6 @@
 #include <fmt/format.h>
 
 #include <fstream>
-#include <mutex>
 #include <thread>
 
 namespace mmserve::storage {
@@ -114,21 +115,6 @@ std::optional<std::string> xml_value(const std::string& xml, const std::string& 
   return xml_unescape(xml.substr(start, close - start));
 }
 
-std::shared_ptr<net::ssl::context> tls_context(const std::string& ca_file) {
-  static std::mutex mutex;
-  static std::map<std::string, std::shared_ptr<net::ssl::context>> contexts;
-  std::lock_guard lock(mutex);
-  auto& context = contexts[ca_file];
-  if (!context) {
-    auto fresh = std::make_shared<net::ssl::context>(net::ssl::context::tls_client);
-    fresh->set_default_verify_paths();
-    if (!ca_file.empty()) fresh->load_verify_file(ca_file);
-    fresh->set_verify_mode(net::ssl::verify_peer);
-    context = std::move(fresh);
-  }
-  return context;
-}
-
 struct Exchange {
   std::string scheme, host, port; // where to connect (host without brackets)
   std::string ca_file;
@@ -148,9 +134,7 @@ template <typename Stream> Task<S3Client::Response> write_and_read(Stream& strea
   S3Client::Response response;
   response.status = parser.get().result_int();
   for (const auto& field : parser.get()) {
-    std::string name(field.name_string());
-    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
-    response.headers[name] = std::string(field.value());
+    response.headers[text::lowered(field.name_string())] = std::string(field.value());
   }
   response.body = std::move(parser.get().body());
   co_return response;
@@ -158,15 +142,9 @@ template <typename Stream> Task<S3Client::Response> write_and_read(Stream& strea
 
 Task<S3Client::Response> run_exchange(Exchange& exchange) {
   auto executor = co_await net::this_coro::executor;
-  tcp::resolver resolver(executor);
-  net::steady_timer timer(executor, exchange.deadline);
-  timer.async_wait([&resolver](boost::system::error_code error) {
-    if (!error) resolver.cancel();
-  });
   std::string host = exchange.host;
   if (host.starts_with("[")) host = host.substr(1, host.size() - 2);
-  auto resolved = co_await resolver.async_resolve(host, exchange.port, use_task);
-  timer.cancel();
+  auto resolved = co_await client::resolve_by(host, exchange.port, exchange.deadline);
   beast::tcp_stream tcp_stream(executor);
   tcp_stream.expires_at(exchange.deadline);
   co_await tcp_stream.async_connect(resolved, use_task);
@@ -174,12 +152,8 @@ Task<S3Client::Response> run_exchange(Exchange& exchange) {
     auto response = co_await write_and_read(tcp_stream, exchange);
     co_return response;
   }
-  beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), *tls_context(exchange.ca_file));
-  if (!SSL_set_tlsext_host_name(stream.native_handle(), host.c_str())) {
-    throw std::runtime_error("TLS server name could not be set");
-  }
-  stream.set_verify_callback(net::ssl::host_name_verification(host));
-  co_await stream.async_handshake(net::ssl::stream_base::client, use_task);
+  beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), *client::tls_context(exchange.ca_file));
+  co_await client::tls_handshake(stream, host);
   auto response = co_await write_and_read(stream, exchange);
   co_return response;
 }

@@ -1,5 +1,6 @@
 #include "storage/sigv4.hpp"
 
+#include "core/text.hpp"
 #include "storage/digest.hpp"
 
 #include <algorithm>
@@ -9,13 +10,6 @@
 
 namespace mmserve::storage::sigv4 {
 namespace {
-
-std::string lower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
 
 // Leading and trailing blanks dropped, inner runs of spaces made one.
 std::string trimmed_value(std::string_view value) {
@@ -83,7 +77,7 @@ std::string canonical_request(const Request& request, std::string* signed_header
   // Sorted by lower-case name; repeated names joined by commas in the order given.
   std::vector<std::pair<std::string, std::string>> headers;
   for (const auto& [name, value] : request.headers) {
-    const std::string key = lower(name);
+    const std::string key = text::lowered(name);
     auto it = std::find_if(headers.begin(), headers.end(), [&](const auto& entry) { return entry.first == key; });
     if (it == headers.end())
       headers.emplace_back(key, trimmed_value(value));

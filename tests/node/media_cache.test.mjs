@@ -6,13 +6,12 @@
 // keep (no-store) are fetched every time.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { freePort, waitReady } from './support.mjs';
+import { startRoleInDir } from './support.mjs';
 
 const binary = process.env.MMSERVE_BIN;
 const modelsDir = process.env.MMSERVE_TEST_MODELS || path.resolve(process.env.MMSERVE_SOURCE_DIR || '.', '../shared/models');
@@ -28,15 +27,7 @@ let imageServer;
 let imageBase;
 const fetches = { '/moon.jpg': 0, '/no-store.jpg': 0 };
 
-async function startServer() {
-  const port = await freePort();
-  const child = spawn(binary, ['vision', '--config', path.join(dir, 'mmserve.yaml'), '--port', String(port)], {
-    stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, HOME: dir },
-  });
-  const base = `http://127.0.0.1:${port}`;
-  await waitReady(base);
-  return { child, base };
-}
+const startServer = () => startRoleInDir(binary, 'vision', dir);
 
 async function stopServer(server) {
   const exited = new Promise((resolve) => server.child.on('exit', resolve));

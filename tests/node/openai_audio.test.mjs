@@ -4,11 +4,10 @@
 // uploaded as it is: mmserve decodes the mp3 itself).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createReadStream, existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { freePort, waitReady } from './support.mjs';
+import { startRoleInDir } from './support.mjs';
 import OpenAI, { toFile } from 'openai';
 
 const binary = process.env.MMSERVE_BIN;
@@ -29,21 +28,15 @@ before(async () => {
   assert.ok(binary, 'MMSERVE_BIN must name the mmserve binary');
   const dir = mkdtempSync(path.join(tmpdir(), 'mmserve-openai-audio-'));
   writeFileSync(path.join(dir, 'mmserve.yaml'), `speech:\n  model_path: ${whisperModel}\n  threads: 2\n`);
-  const port = await freePort();
-  server = spawn(binary, ['speech', '--config', path.join(dir, 'mmserve.yaml'), '--port', String(port)], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, HOME: dir },
-  });
-  const baseUrl = `http://127.0.0.1:${port}`;
-  await waitReady(baseUrl);
-  client = new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: 'unused', maxRetries: 0 });
+  server = await startRoleInDir(binary, 'speech', dir);
+  client = new OpenAI({ baseURL: `${server.base}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
 
 after(async () => {
   if (!server) return;
-  const exited = new Promise((resolve) => server.on('exit', resolve));
-  server.kill('SIGTERM');
-  assert.equal(await exited, 0);
+  const exited = new Promise((resolve) => server.child.on('exit', resolve));
+  server.child.kill('SIGTERM');
+  assert.equal(await exited, 0, server.log());
 });
 
 test('models.list shows the whisper model', { skip }, async () => {

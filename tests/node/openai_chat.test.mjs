@@ -2,14 +2,13 @@
 // real binary on a real trained model (stories260K).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { freePort, waitReady } from './support.mjs';
+import { startRoleInDir } from './support.mjs';
 import OpenAI from 'openai';
 
 const binary = process.env.MMSERVE_BIN;
@@ -77,23 +76,17 @@ before(async () => {
     await new Promise((resolve) => imageServer.listen(0, '127.0.0.1', resolve));
     imageBase = `http://127.0.0.1:${imageServer.address().port}`;
   }
-  const port = await freePort();
-  server = spawn(binary, ['vision', '--config', path.join(dir, 'mmserve.yaml'), '--port', String(port)], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, HOME: dir },
-  });
-  const baseUrl = `http://127.0.0.1:${port}`;
-  await waitReady(baseUrl);
-  client = new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: 'unused', maxRetries: 0 });
+  server = await startRoleInDir(binary, 'vision', dir);
+  client = new OpenAI({ baseURL: `${server.base}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
 
 after(async () => {
   if (imageServer) imageServer.close();
   for (const https of httpsServers) https.close();
   if (!server) return;
-  const exited = new Promise((resolve) => server.on('exit', resolve));
-  server.kill('SIGTERM');
-  assert.equal(await exited, 0);
+  const exited = new Promise((resolve) => server.child.on('exit', resolve));
+  server.child.kill('SIGTERM');
+  assert.equal(await exited, 0, server.log());
 });
 
 test('models.list shows the loaded model', { skip }, async () => {

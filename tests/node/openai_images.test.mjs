@@ -7,12 +7,12 @@
 // metrics the traffic leaves, checked by promtool.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { inflateSync } from 'node:zlib';
-import { freePort, waitReady } from './support.mjs';
+import { startRoleInDir } from './support.mjs';
 import OpenAI from 'openai';
 
 const binary = process.env.MMSERVE_BIN;
@@ -32,7 +32,6 @@ let server;
 let base;
 let client;
 let outputsDir;
-let log = '';
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -45,23 +44,16 @@ before(async () => {
     `image:\n  model_path: ${tinySd}\n  outputs_dir: ${outputsDir}\n  max_queue: ${MAX_QUEUE}\n  max_batch: 4\n` +
     `  preview_interval: 0.1\n  taesd_dir: "${taesd}"\n` +
     (withSdxl ? `registry:\n  models: [{name: tiny-xl, service: image, path: ${tinySdxl}}]\n` : ''));
-  const port = await freePort();
-  server = spawn(binary, ['image', '--config', path.join(dir, 'mmserve.yaml'), '--port', String(port)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, HOME: dir },
-  });
-  server.stdout.on('data', (piece) => { log += piece; });
-  server.stderr.on('data', (piece) => { log += piece; });
-  base = `http://127.0.0.1:${port}`;
-  await waitReady(base);
+  server = await startRoleInDir(binary, 'image', dir);
+  base = server.base;
   client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
 
 after(async () => {
   if (!server) return;
-  const exited = new Promise((resolve) => server.on('exit', resolve));
-  server.kill('SIGTERM');
-  assert.equal(await exited, 0, log);
+  const exited = new Promise((resolve) => server.child.on('exit', resolve));
+  server.child.kill('SIGTERM');
+  assert.equal(await exited, 0, server.log());
 });
 
 // PNG chunks: [{type, data}].
@@ -334,7 +326,7 @@ test('a client that goes away cancels its generation; the worker moves on', { sk
   assert.equal(remaining, before + 1);
   assert.ok(waited < 3000, `the queued request waited ${waited} ms after the abort`);
   assert.equal((await progress()).state.job_count, 0);
-  assert.match(log, /image generation cancelled/);
+  assert.match(server.log(), /image generation cancelled/);
 });
 
 test('webui: txt2img, progress while it runs, interrupt, sd-models, samplers', { skip }, async () => {

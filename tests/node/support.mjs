@@ -29,9 +29,10 @@ export async function waitReady(baseUrl, attempts = 1000) {
 }
 
 // The mmserve binary as a child process with its output collected (for
-// failure messages): `role` is serve, image, ...; `file` its config.
-export function spawnMmserve(binary, role, file, options = {}) {
-  const child = spawn(binary, [role, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+// failure messages): `role` is serve, image, ...; `file` its config; `args`
+// more command-line arguments.
+export function spawnMmserve(binary, role, file, { args = [], ...options } = {}) {
+  const child = spawn(binary, [role, '--config', file, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...options });
   let log = '';
   child.stdout.on('data', (piece) => { log += piece; });
   child.stderr.on('data', (piece) => { log += piece; });
@@ -46,6 +47,17 @@ export async function waitReadyOrExit(base, { child, log }, attempts = 1500) {
     if (i > attempts) throw new Error(`mmserve did not get ready:\n${log()}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+// `mmserve ROLE` with DIR/mmserve.yaml and HOME=DIR on a free port, once
+// /readyz says 200 (failing with its output if it exits first).
+export async function startRoleInDir(binary, role, dir) {
+  const port = await freePort();
+  const service = spawnMmserve(binary, role, path.join(dir, 'mmserve.yaml'),
+    { args: ['--port', String(port)], env: { ...process.env, HOME: dir } });
+  const base = `http://127.0.0.1:${port}`;
+  await waitReadyOrExit(base, service);
+  return { ...service, port, base };
 }
 
 // An S3-compatible server (s3rver) on a loopback port with `bucket`, and the

@@ -1,5 +1,6 @@
 #include "engines/diffusion/diffusion_pipeline.hpp"
 
+#include "core/text.hpp"
 #include "engines/diffusion/checkpoint_layout.hpp"
 #include "engines/diffusion/clip_text_encoder.hpp"
 #include "engines/diffusion/clip_tokenizer.hpp"
@@ -58,7 +59,7 @@ fs::path component_weights(const fs::path& folder, const std::string& stem) {
 
 // Turbo models are distilled for one step without guidance; LCM models for a few.
 void distilled_defaults(ModelDefaults& defaults, std::string name, const nlohmann::json& scheduler) {
-  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  name = text::lowered(name);
   if (scheduler.value("_class_name", "") == "LCMScheduler") {
     defaults.steps = 4;
     defaults.guidance_scale = 1.0f;

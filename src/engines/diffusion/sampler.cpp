@@ -1,5 +1,6 @@
 #include "engines/diffusion/sampler.hpp"
 
+#include "core/text.hpp"
 #include "engines/diffusion/diffusion_pipeline.hpp"
 
 #include <fmt/format.h>
@@ -22,8 +23,7 @@ const std::vector<std::string>& sampler_names() {
 std::string canonical_sampler(const std::string& name) {
   std::string key;
   for (const char c : name) {
-    if (std::isalnum(static_cast<unsigned char>(c)))
-      key += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (std::isalnum(static_cast<unsigned char>(c))) key += text::ascii_lower(c);
   }
   // Our names and the webui's ("Euler a", "DPM++ 2M Karras", ...) without spaces, signs and case.
   static const std::map<std::string, std::string> aliases{{"euler", "euler"},

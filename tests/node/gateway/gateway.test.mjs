@@ -125,11 +125,13 @@ const vision2 = await startUpstream('vision-2');
 const image = await startUpstream('image');
 const speech = await startUpstream('speech');
 
+// The pools every gateway config must name besides the ones a test is about.
+const imageAndSpeechPools = `    image: {endpoints: [${image.url}]}
+    speech: {endpoints: [${speech.url}]}`;
 const seedPools = `
   pools:
     vision: {endpoints: [${vision1.url}, ${vision2.url}]}
-    image: {endpoints: [${image.url}]}
-    speech: {endpoints: [${speech.url}]}`;
+${imageAndSpeechPools}`;
 
 test('the seed routes and the OpenAI paths reach their pools; /v1/models merges them; unknown paths get 404', async () => {
   const gateway = await startMmserve(`gateway:${seedPools}\n`);
@@ -215,8 +217,7 @@ gateway:
   pools:
     vision: {endpoints: [${vision1.url}]}
     unhealthy: {endpoints: [${unhealthy.url}]}
-    image: {endpoints: [${image.url}]}
-    speech: {endpoints: [${speech.url}]}
+${imageAndSpeechPools}
 `);
   const big = Buffer.alloc(2 << 20, 'a');
   assertOpenAIError(await post(gateway.port, '/v1/chat/completions', big), 413);
@@ -265,8 +266,7 @@ test('a client that hangs up while the upstream works closes the upstream connec
   pools:
     worker: {endpoints: [${worker.url}]}
     vision: {endpoints: [${vision1.url}]}
-    image: {endpoints: [${image.url}]}
-    speech: {endpoints: [${speech.url}]}
+${imageAndSpeechPools}
 `);
   const closed = async () => (await (await fetch(`${worker.url}/control/slow-closed`)).json()).closed;
   assert.equal(await closed(), 0);
@@ -294,8 +294,7 @@ test('an endpoint that stops answering: 502 until it is ejected after max_fails,
   routes: [{path: /v1/, pool: vision}]
   pools:
     vision: {endpoints: [${doomed.url}]}
-    image: {endpoints: [${image.url}]}
-    speech: {endpoints: [${speech.url}]}
+${imageAndSpeechPools}
 `);
   assert.equal((await post(gateway.port, '/v1/chat/completions', '{}')).json.service, 'doomed');
   const gone = new Promise((resolve) => doomed.child.on('exit', resolve));
@@ -335,8 +334,7 @@ test('a broken upstream: garbage instead of HTTP is a 502, a body cut short cuts
   pools:
     raw: {endpoints: ["${rawUrl}"]}
     vision: {endpoints: [${vision1.url}]}
-    image: {endpoints: [${image.url}]}
-    speech: {endpoints: [${speech.url}]}
+${imageAndSpeechPools}
 `);
   const garbage = await raw(gateway.port, 'GET', '/v1/raw/garbage');
   assertOpenAIError(garbage, 502, 'bad_gateway');
@@ -357,8 +355,7 @@ gateway:
   pools:
     stale: {endpoints: ["${stale.url}"]}
     vision: {endpoints: [${vision1.url}]}
-    image: {endpoints: [${image.url}]}
-    speech: {endpoints: [${speech.url}]}
+${imageAndSpeechPools}
 `);
   const accepted = async () => (await (await fetch(`${stale.url}/control/connections`)).json()).accepted;
   // Back to back, they share the kept-alive connections: one per I/O thread
@@ -424,8 +421,7 @@ test('killing one of two replicas under load: no request hangs, traffic moves to
   routes: [{path: /v1/, pool: vision}]
   pools:
     vision: {endpoints: [${a.url}, ${b.url}]}
-    image: {endpoints: [${image.url}]}
-    speech: {endpoints: [${speech.url}]}
+${imageAndSpeechPools}
 `);
   const results = [];
   const t0 = Date.now();
