@@ -1,5 +1,7 @@
 #include "app/hf_download.hpp"
 
+#include "core/client_connect.hpp"
+#include "core/http_url.hpp"
 #include "core/task.hpp"
 #include "core/text.hpp"
 #include "core/version.hpp"
@@ -32,45 +34,6 @@ namespace bhttp = boost::beast::http;
 namespace fs = std::filesystem;
 using tcp = net::ip::tcp;
 
-struct Target {
-  std::string scheme, host, port, path;
-  std::string origin() const { return scheme + "://" + host + ":" + port; }
-};
-
-std::optional<Target> parse_target(const std::string& url) {
-  const auto scheme_end = url.find("://");
-  if (scheme_end == std::string::npos) return std::nullopt;
-  Target target;
-  target.scheme = text::lowered(std::string_view(url).substr(0, scheme_end));
-  if (target.scheme != "http" && target.scheme != "https") return std::nullopt;
-  const std::string rest = url.substr(scheme_end + 3);
-  const auto path_start = rest.find('/');
-  std::string authority = rest.substr(0, path_start);
-  target.path = path_start == std::string::npos ? "/" : rest.substr(path_start);
-  if (const auto at = authority.rfind('@'); at != std::string::npos) authority.erase(0, at + 1);
-  const auto colon = authority.rfind(':');
-  if (colon != std::string::npos && authority.find(']', colon) == std::string::npos) {
-    target.port = authority.substr(colon + 1);
-    authority.resize(colon);
-  }
-  if (authority.starts_with("[") && authority.ends_with("]")) authority = authority.substr(1, authority.size() - 2);
-  target.host = text::lowered(authority);
-  if (target.port.empty()) target.port = target.scheme == "https" ? "443" : "80";
-  if (target.host.empty() || target.port.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-  return target;
-}
-
-std::string resolve_location(const Target& base, const std::string& location) {
-  if (location.find("://") != std::string::npos) return location;
-  if (location.starts_with("//")) return base.scheme + ":" + location;
-  const bool v6 = base.host.find(':') != std::string::npos;
-  const std::string origin =
-      fmt::format("{}://{}{}{}:{}", base.scheme, v6 ? "[" : "", base.host, v6 ? "]" : "", base.port);
-  if (location.starts_with("/")) return origin + location;
-  const auto slash = base.path.rfind('/', base.path.find('?'));
-  return origin + base.path.substr(0, slash + 1) + location;
-}
-
 // Hugging Face states an LFS file's SHA-256 as its (quoted) ETag; git blobs
 // carry a 40-digit SHA-1 and CDNs an MD5, which are not used.
 std::string sha256_from_etag(std::string_view value) {
@@ -101,14 +64,11 @@ struct BodyCut : std::runtime_error {
 };
 
 template <typename Stream>
-Task<Head> exchange(Stream& stream, const Target& target, const std::string& range, const DownloadOptions& options,
+Task<Head> exchange(Stream& stream, const HttpUrl& target, const std::string& range, const DownloadOptions& options,
                     const OnHead& on_head, const OnData& on_data) {
   auto& lowest = beast::get_lowest_layer(stream);
-  bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target.path, 11};
-  const bool default_port = target.port == (target.scheme == "https" ? "443" : "80");
-  const bool v6 = target.host.find(':') != std::string::npos;
-  request.set(bhttp::field::host, fmt::format("{}{}{}{}{}", v6 ? "[" : "", target.host, v6 ? "]" : "",
-                                              default_port ? "" : ":", default_port ? "" : target.port));
+  bhttp::request<bhttp::empty_body> request{bhttp::verb::get, target.target, 11};
+  request.set(bhttp::field::host, target.host_field());
   request.set(bhttp::field::user_agent, std::string("mmserve/") + kVersion);
   request.set(bhttp::field::accept_encoding, "identity"); // bytes as stored, so ranges and hashes line up
   request.set(bhttp::field::connection, "close");
@@ -150,38 +110,25 @@ Task<Head> exchange(Stream& stream, const Target& target, const std::string& ran
   co_return head;
 }
 
-net::ssl::context& tls_context() {
-  static net::ssl::context context = [] {
-    net::ssl::context fresh(net::ssl::context::tls_client);
-    fresh.set_default_verify_paths(); // honours SSL_CERT_FILE / SSL_CERT_DIR
-    fresh.set_verify_mode(net::ssl::verify_peer);
-    return fresh;
-  }();
-  return context;
-}
-
 // GET with redirects followed; the first SHA-256 stated on the way wins
 // (Hugging Face puts it on the resolve answer, not on the CDN's).
 Task<Head> get(std::string url, std::string range, const DownloadOptions& options, OnHead on_head, OnData on_data) {
   auto executor = co_await net::this_coro::executor;
   std::string stated_sha256;
   for (int redirects = 0;; ++redirects) {
-    const auto target = parse_target(url);
+    const auto target = parse_http_url(url);
     if (!target) throw DownloadError(fmt::format("'{}' is not an http(s) URL", url));
-    tcp::resolver resolver(executor);
-    const auto addresses = co_await resolver.async_resolve(target->host, target->port, use_task);
+    const auto addresses = co_await client::resolve_by(target->host, target->port,
+                                                       std::chrono::steady_clock::now() + options.idle_timeout);
     beast::tcp_stream socket(executor);
     socket.expires_after(options.idle_timeout);
     co_await socket.async_connect(addresses, use_task);
     Head head;
     if (target->scheme == "https") {
-      beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), tls_context());
-      if (!SSL_set_tlsext_host_name(stream.native_handle(), target->host.c_str())) {
-        throw DownloadError("cannot set the TLS server name for " + target->host);
-      }
-      stream.set_verify_callback(net::ssl::host_name_verification(target->host));
+      // The system's CA store (SSL_CERT_FILE / SSL_CERT_DIR honoured).
+      beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *client::tls_context(""));
       beast::get_lowest_layer(stream).expires_after(options.idle_timeout);
-      co_await stream.async_handshake(net::ssl::stream_base::client, use_task);
+      co_await client::tls_handshake(stream, target->host);
       head = co_await exchange(stream, *target, range, options, on_head, on_data);
     } else {
       head = co_await exchange(socket, *target, range, options, on_head, on_data);
@@ -245,7 +192,7 @@ std::pair<std::optional<uint64_t>, std::optional<uint64_t>> parse_content_range(
 } // namespace
 
 std::string url_origin(const std::string& url) {
-  const auto target = parse_target(url);
+  const auto target = parse_http_url(url);
   return target ? target->origin() : std::string();
 }
 

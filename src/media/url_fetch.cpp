@@ -2,6 +2,7 @@
 
 #include "core/api_error.hpp"
 #include "core/client_connect.hpp"
+#include "core/http_url.hpp"
 #include "core/task.hpp"
 #include "core/text.hpp"
 #include "core/version.hpp"
@@ -27,59 +28,7 @@ namespace bhttp = boost::beast::http;
 using tcp = net::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
-struct Url {
-  std::string scheme; // http https
-  std::string host;   // without IPv6 brackets
-  std::string port;
-  std::string target; // path and query
-  std::string origin() const {
-    const bool v6 = host.find(':') != std::string::npos;
-    return fmt::format("{}://{}{}{}:{}", scheme, v6 ? "[" : "", host, v6 ? "]" : "", port);
-  }
-};
-
-std::optional<Url> parse_url(const std::string& text) {
-  Url url;
-  const auto scheme_end = text.find("://");
-  if (scheme_end == std::string::npos) return std::nullopt;
-  url.scheme = text::lowered(std::string_view(text).substr(0, scheme_end));
-  if (url.scheme != "http" && url.scheme != "https") return std::nullopt;
-  std::string rest = text.substr(scheme_end + 3);
-  if (const auto hash = rest.find('#'); hash != std::string::npos) rest.resize(hash);
-  const auto path_start = rest.find_first_of("/?");
-  std::string authority = rest.substr(0, path_start);
-  url.target = path_start == std::string::npos ? "/" : rest.substr(path_start);
-  if (url.target.front() == '?') url.target.insert(0, "/");
-  if (const auto at = authority.rfind('@'); at != std::string::npos) authority.erase(0, at + 1); // credentials
-  if (authority.starts_with("[")) {
-    const auto close = authority.find(']');
-    if (close == std::string::npos) return std::nullopt;
-    url.host = authority.substr(1, close - 1);
-    if (close + 1 < authority.size()) {
-      if (authority[close + 1] != ':') return std::nullopt;
-      url.port = authority.substr(close + 2);
-    }
-  } else {
-    const auto colon = authority.rfind(':');
-    url.host = authority.substr(0, colon);
-    if (colon != std::string::npos) url.port = authority.substr(colon + 1);
-  }
-  if (url.host.empty()) return std::nullopt;
-  if (url.port.empty()) url.port = url.scheme == "https" ? "443" : "80";
-  if (url.port.find_first_not_of("0123456789") != std::string::npos || url.port.size() > 5) return std::nullopt;
-  return url;
-}
-
 // A redirect's Location against the URL that returned it.
-std::string resolve_location(const Url& base, const std::string& location) {
-  if (location.find("://") != std::string::npos) return location;
-  if (location.starts_with("//")) return base.scheme + ":" + location;
-  if (location.starts_with("/")) return base.origin() + location;
-  const auto query = base.target.find('?');
-  const std::string path = base.target.substr(0, query);
-  return base.origin() + path.substr(0, path.rfind('/') + 1) + location;
-}
-
 uint32_t v4_bits(const net::ip::address_v4& address) {
   return address.to_uint();
 }
@@ -129,13 +78,10 @@ struct Response {
 };
 
 template <typename Stream>
-Task<Response> send_get(Stream& stream, const Url& url, const FetchPolicy& policy, const std::string& text,
+Task<Response> send_get(Stream& stream, const HttpUrl& url, const FetchPolicy& policy, const std::string& text,
                         const std::string& param) {
   bhttp::request<bhttp::empty_body> request{bhttp::verb::get, url.target, 11};
-  const bool v6 = url.host.find(':') != std::string::npos;
-  const bool default_port = url.port == (url.scheme == "https" ? "443" : "80");
-  request.set(bhttp::field::host, fmt::format("{}{}{}{}{}", v6 ? "[" : "", url.host, v6 ? "]" : "",
-                                              default_port ? "" : ":", default_port ? "" : url.port));
+  request.set(bhttp::field::host, url.host_field());
   request.set(bhttp::field::user_agent, std::string("mmserve/") + kVersion);
   request.set(bhttp::field::accept, "image/*");
   request.set(bhttp::field::connection, "close");
@@ -228,7 +174,7 @@ Task<FetchedBody> fetch_url(std::string text, const FetchPolicy& policy, std::st
   auto executor = co_await net::this_coro::executor;
   std::string current = text;
   for (int hop = 0;; ++hop) {
-    const auto url = parse_url(current);
+    const auto url = parse_http_url(current);
     if (!url) {
       throw ApiError::bad_request(fmt::format("'{}' is not an http(s) URL or data: URI.",
                                               current.size() > 200 ? current.substr(0, 200) + "..." : current),

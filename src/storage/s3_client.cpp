@@ -2,6 +2,7 @@
 
 #include "core/client_connect.hpp"
 #include "core/config.hpp"
+#include "core/http_url.hpp"
 #include "core/task.hpp"
 #include "core/text.hpp"
 #include "core/version.hpp"
@@ -36,39 +37,14 @@ constexpr uint64_t kMinPartSize = 5ull << 20; // S3's smallest part but the last
 constexpr int kMaxParts = 10000;              // S3's most parts per upload
 constexpr uint64_t kErrorBodyLimit = 1ull << 20;
 
-struct Endpoint {
-  std::string scheme, host, port;
-};
-
-std::optional<Endpoint> parse_endpoint(std::string text) {
-  Endpoint endpoint;
-  const auto scheme_end = text.find("://");
-  if (scheme_end == std::string::npos) return std::nullopt;
-  endpoint.scheme = text.substr(0, scheme_end);
-  if (endpoint.scheme != "http" && endpoint.scheme != "https") return std::nullopt;
-  std::string authority = text.substr(scheme_end + 3);
-  while (!authority.empty() && authority.back() == '/')
-    authority.pop_back();
-  if (authority.empty() || authority.find_first_of("/?#@") != std::string::npos) return std::nullopt;
-  if (authority.starts_with("[")) {
-    const auto close = authority.find(']');
-    if (close == std::string::npos) return std::nullopt;
-    endpoint.host = authority.substr(0, close + 1); // kept in brackets: it is used in Host and URLs
-    if (close + 1 < authority.size()) {
-      if (authority[close + 1] != ':') return std::nullopt;
-      endpoint.port = authority.substr(close + 2);
-    }
-  } else {
-    const auto colon = authority.rfind(':');
-    endpoint.host = authority.substr(0, colon);
-    if (colon != std::string::npos) endpoint.port = authority.substr(colon + 1);
-  }
-  if (endpoint.host.empty()) return std::nullopt;
-  if (endpoint.port.empty()) endpoint.port = endpoint.scheme == "https" ? "443" : "80";
-  if (endpoint.port.find_first_not_of("0123456789") != std::string::npos || endpoint.port.size() > 5) {
+// An S3 endpoint is an origin, http(s)://host[:port], a trailing slash at most.
+std::optional<HttpUrl> parse_endpoint(const std::string& text) {
+  auto url = parse_http_url(text);
+  if (!url || url->target.find_first_not_of('/') != std::string::npos ||
+      text.find_first_of("@#") != std::string::npos) {
     return std::nullopt;
   }
-  return endpoint;
+  return url;
 }
 
 // Bucket names usable as a DNS label prefix (no dots with TLS: the
@@ -225,7 +201,7 @@ S3Client::S3Client(S3Options options) : options_(std::move(options)) {
   const auto endpoint = parse_endpoint(options_.endpoint);
   if (!endpoint) throw std::invalid_argument("S3: invalid endpoint '" + options_.endpoint + "'");
   scheme_ = endpoint->scheme;
-  host_ = endpoint->host;
+  host_ = endpoint->host_in_url(); // in brackets: it is used in Host and URLs
   port_ = endpoint->port;
   const bool aws = host_.ends_with(".amazonaws.com");
   switch (options_.addressing) {

@@ -1,0 +1,66 @@
+#include "core/http_url.hpp"
+
+#include <gtest/gtest.h>
+
+namespace mmserve {
+namespace {
+
+TEST(HttpUrl, ReadsSchemeHostPortAndTarget) {
+  const auto url = parse_http_url("HTTPS://user:secret@Example.COM/a/b?q=1#part");
+  ASSERT_TRUE(url);
+  EXPECT_EQ(url->scheme, "https");
+  EXPECT_EQ(url->host, "example.com");
+  EXPECT_EQ(url->port, "443");
+  EXPECT_EQ(url->target, "/a/b?q=1"); // the fragment is the client's, never sent
+  EXPECT_EQ(url->origin(), "https://example.com:443");
+  EXPECT_EQ(url->host_field(), "example.com");
+
+  const auto other_port = parse_http_url("http://models.local:8080");
+  ASSERT_TRUE(other_port);
+  EXPECT_EQ(other_port->port, "8080");
+  EXPECT_EQ(other_port->target, "/");
+  EXPECT_EQ(other_port->host_field(), "models.local:8080");
+
+  const auto query_only = parse_http_url("http://host?x=1");
+  ASSERT_TRUE(query_only);
+  EXPECT_EQ(query_only->host, "host");
+  EXPECT_EQ(query_only->target, "/?x=1");
+
+  const auto empty_port = parse_http_url("http://host:/p"); // RFC 3986 allows it: the default
+  ASSERT_TRUE(empty_port);
+  EXPECT_EQ(empty_port->port, "80");
+}
+
+TEST(HttpUrl, KeepsIpv6AddressesOutOfTheirBrackets) {
+  const auto url = parse_http_url("http://[::1]:9000/x");
+  ASSERT_TRUE(url);
+  EXPECT_EQ(url->host, "::1");
+  EXPECT_EQ(url->port, "9000");
+  EXPECT_EQ(url->host_in_url(), "[::1]");
+  EXPECT_EQ(url->origin(), "http://[::1]:9000");
+  EXPECT_EQ(url->host_field(), "[::1]:9000");
+  const auto default_port = parse_http_url("https://[FE80::1]");
+  ASSERT_TRUE(default_port);
+  EXPECT_EQ(default_port->host, "fe80::1");
+  EXPECT_EQ(default_port->host_field(), "[fe80::1]");
+}
+
+TEST(HttpUrl, RefusesWhatIsNotAnHttpUrl) {
+  for (const char* text : {"ftp://host/", "file:///etc/passwd", "host/path", "http:/host", "http://", "http:///path",
+                           "http://user@", "http://:80/", "http://[::1", "http://[::1]x", "http://host:0",
+                           "http://host:65536", "http://host:8o", "http://host:-1", "http://host:+80"}) {
+    EXPECT_FALSE(parse_http_url(text)) << text;
+  }
+}
+
+TEST(HttpUrl, ResolvesRedirectLocations) {
+  const auto base = parse_http_url("https://a.example/x/y?z=1");
+  ASSERT_TRUE(base);
+  EXPECT_EQ(resolve_location(*base, "http://b.example/c"), "http://b.example/c");
+  EXPECT_EQ(resolve_location(*base, "//c.example/d"), "https://c.example/d");
+  EXPECT_EQ(resolve_location(*base, "/e?f=2"), "https://a.example:443/e?f=2");
+  EXPECT_EQ(resolve_location(*base, "g"), "https://a.example:443/x/g");
+}
+
+} // namespace
+} // namespace mmserve
