@@ -27,9 +27,43 @@ struct HttpUrl {
   std::string host_field() const { return default_port() ? host_in_url() : host_in_url() + ":" + port; }
 };
 
+namespace http_url_detail {
+
+// RFC 3986's host characters (unreserved, sub-delims, '%' of an escape);
+// ':' only inside IPv6 brackets.
+constexpr bool host_char(char c, bool bracketed) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  if (std::string_view("-._~%!$&'()*+,;=").find(c) != std::string_view::npos) return true;
+  return bracketed && c == ':';
+}
+
+// The path and query as sent: control characters refused (they would end
+// the request line early), spaces, quotes, angle brackets, backticks,
+// braces and non-ASCII bytes percent-encoded, as browsers send them.
+inline std::optional<std::string> request_target(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) return std::nullopt;
+    if (byte >= 0x80 || std::string_view(" \"<>`{}").find(c) != std::string_view::npos) {
+      constexpr char kHex[] = "0123456789ABCDEF";
+      out += '%';
+      out += kHex[byte >> 4];
+      out += kHex[byte & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+} // namespace http_url_detail
+
 // scheme://[user@]host[:port][/path][?query][#fragment] with scheme http or
 // https (any case); the user part and the fragment are dropped. nullopt for
-// anything else: another scheme, no host, a bad port, an unclosed bracket.
+// anything else: another scheme, no host or a host with characters no host
+// has, a bad port, an unclosed bracket, control characters in the path.
 inline std::optional<HttpUrl> parse_http_url(std::string_view text) {
   const auto scheme_end = text.find("://");
   if (scheme_end == std::string_view::npos) return std::nullopt;
@@ -40,11 +74,14 @@ inline std::optional<HttpUrl> parse_http_url(std::string_view text) {
   rest = rest.substr(0, rest.find('#'));
   const auto path_start = rest.find_first_of("/?");
   std::string_view authority = rest.substr(0, path_start);
-  url.target = path_start == std::string_view::npos ? "/" : std::string(rest.substr(path_start));
+  auto target = http_url_detail::request_target(path_start == std::string_view::npos ? "/" : rest.substr(path_start));
+  if (!target) return std::nullopt;
+  url.target = std::move(*target);
   if (url.target.front() == '?') url.target.insert(0, "/");
   if (const auto at = authority.rfind('@'); at != std::string_view::npos) authority.remove_prefix(at + 1);
   std::string_view host = authority, port;
-  if (authority.starts_with("[")) {
+  const bool bracketed = authority.starts_with("[");
+  if (bracketed) {
     const auto close = authority.find(']');
     if (close == std::string_view::npos) return std::nullopt;
     host = authority.substr(1, close - 1);
@@ -57,6 +94,9 @@ inline std::optional<HttpUrl> parse_http_url(std::string_view text) {
     port = authority.substr(colon + 1);
   }
   if (host.empty()) return std::nullopt;
+  for (const char c : host) {
+    if (!http_url_detail::host_char(c, bracketed)) return std::nullopt;
+  }
   url.host = text::lowered(host);
   if (port.empty()) {
     url.port = url.scheme == "https" ? "443" : "80";

@@ -370,6 +370,7 @@ TEST_F(VisionImages, ImageByUrlIsFetchedAndAnswersLikeTheSameBytesInline) {
   StaticHttpServer web;
   web.route("/moon.jpg", {200, {{"Content-Type", "image/jpeg"}}, photo_bytes_});
   web.route("/moved", {302, {{"Location", "/moon.jpg"}}, ""});
+  web.route("/new%20moon.jpg", {200, {{"Content-Type", "image/jpeg"}}, photo_bytes_});
   const json inline_answer = post_json(port(), image_body(photo_url_, "Once upon a time", 12));
   const json by_url = post_json(port(), image_body(web.url("/moon.jpg"), "Once upon a time", 12));
   const json redirected = post_json(port(), image_body(web.url("/moved"), "Once upon a time", 12));
@@ -378,8 +379,12 @@ TEST_F(VisionImages, ImageByUrlIsFetchedAndAnswersLikeTheSameBytesInline) {
   EXPECT_EQ(by_url["usage"]["prompt_tokens"], inline_answer["usage"]["prompt_tokens"]);
   EXPECT_EQ(web.hits("/moon.jpg"), 2);
   EXPECT_EQ(web.hits("/moved"), 1);
+  // A space in the path goes out percent-encoded, as a browser sends it.
+  const json spaced = post_json(port(), image_body(web.url("/new moon.jpg"), "Once upon a time", 12));
+  EXPECT_EQ(spaced["choices"][0]["message"]["content"], inline_answer["choices"][0]["message"]["content"]);
+  EXPECT_EQ(web.hits("/new%20moon.jpg"), 1);
   const std::string metrics = request(port(), "GET", "/metrics").body;
-  EXPECT_NE(metrics.find(R"(image_processing_seconds_count{service="vision",step="fetch"} 2)"), std::string::npos)
+  EXPECT_NE(metrics.find(R"(image_processing_seconds_count{service="vision",step="fetch"} 3)"), std::string::npos)
       << metrics;
 }
 
@@ -401,6 +406,11 @@ TEST_F(VisionImages, BadImageUrlsAreClear4xxAndTheServerGoesOn) {
   EXPECT_EQ(error_of("http://[::1]:" + std::to_string(web.port()) + "/moon.jpg", 400)["code"], "url_not_allowed");
   EXPECT_EQ(error_of(web.url("/to-metadata"), 400)["code"], "url_not_allowed");
   EXPECT_EQ(error_of("ftp://127.0.0.1/moon.jpg", 400)["code"], "url_not_allowed");
+  // Control characters would end the request line early and add fields of
+  // the client's choosing: refused before anything is sent.
+  EXPECT_EQ(error_of(web.url("/missing.jpg\r\nX-Injected: 1"), 400)["code"], "url_not_allowed");
+  EXPECT_EQ(error_of("http://127.0.0.1\r\nX-Injected: 1/moon.jpg", 400)["code"], "url_not_allowed");
+  EXPECT_EQ(web.hits("/missing.jpg"), 0);
   // Unreachable, missing, looping, too large, too slow, not an image.
   const json unreachable = error_of("http://127.0.0.1:" + std::to_string(free_port()) + "/moon.jpg", 400);
   EXPECT_EQ(unreachable["code"], "image_fetch_failed");

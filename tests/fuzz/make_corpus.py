@@ -5,8 +5,9 @@ make_corpus.py OUT_DIR MEDIA_DIR writes OUT_DIR/image (small images of
 every supported format and colour model, written by libvips' and FFmpeg's
 command-line tools from ../shared/media's photo and FFmpeg's test pattern)
 and OUT_DIR/multipart (request bodies as OpenAI's clients send them, with
-the Content-Type line the fuzz target reads first). Small files keep each
-fuzz iteration fast; the fuzzers grow the rest.
+the Content-Type line the fuzz target reads first) and OUT_DIR/url (URLs
+and redirect Locations as clients and servers write them). Small files keep
+each fuzz iteration fast; the fuzzers grow the rest.
 """
 import io
 import os
@@ -122,13 +123,30 @@ def multipart(out: str, media: str):
         f.write(quoted + part("model", b"whisper-1") + part("file", audio[:50], "z.ogg") + closing)
 
 
+def urls(out: str):
+    seeds = {
+        "plain": b"https://example.com/images/moon.jpeg",
+        "port-query": b"http://images.example:8080/a/b.png?size=large&v=2#top",
+        "ipv6": b"http://[2001:db8::1]:9000/bucket/key\0/other/key",
+        "user": b"https://user:secret@Models.Example.ORG\0//cdn.example/x",
+        "relative": b"http://host/dir/page?q=1\0../up/file.png",
+        "spaces": b"http://host/my photo.png\0next photo.png",
+        "hf-resolve": b"https://huggingface.co/ggml-org/model/resolve/main/model.gguf"
+        b"\0https://cdn-lfs.hf.co/repos/ab/cd/ef?X-Amz-Signature=1",
+    }
+    for name, url in seeds.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(url)
+
+
 def main():
     out, media = sys.argv[1], sys.argv[2]
-    for sub in ("image", "multipart"):
+    for sub in ("image", "multipart", "url"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         images(os.path.join(out, "image"), media, tmp)
     multipart(os.path.join(out, "multipart"), media)
+    urls(os.path.join(out, "url"))
 
 
 if __name__ == "__main__":

@@ -48,9 +48,23 @@ TEST(HttpUrl, KeepsIpv6AddressesOutOfTheirBrackets) {
 TEST(HttpUrl, RefusesWhatIsNotAnHttpUrl) {
   for (const char* text : {"ftp://host/", "file:///etc/passwd", "host/path", "http:/host", "http://", "http:///path",
                            "http://user@", "http://:80/", "http://[::1", "http://[::1]x", "http://host:0",
-                           "http://host:65536", "http://host:8o", "http://host:-1", "http://host:+80"}) {
+                           "http://host:65536", "http://host:8o", "http://host:-1", "http://host:+80",
+                           // hosts no DNS name or address has; IPv6 only in brackets
+                           "http://a b/", "http://a:b:80/", "http://a]b/", "http://x[y/",
+                           "http://host\r\nX-Injected: 1/", "http://h\xC3\xA9te/",
+                           // control characters would end the request line early
+                           "http://host/a\r\nX-Injected: 1", "http://host/a\tb", "http://host/?q=\x7f"}) {
     EXPECT_FALSE(parse_http_url(text)) << text;
   }
+}
+
+TEST(HttpUrl, PercentEncodesWhatBrowsersEncodeInThePath) {
+  const auto url = parse_http_url("http://host/my photo \"1\"<2>.png?size={big}&tag=`x`&name=caf\xC3\xA9");
+  ASSERT_TRUE(url);
+  EXPECT_EQ(url->target, "/my%20photo%20%221%22%3C2%3E.png?size=%7Bbig%7D&tag=%60x%60&name=caf%C3%A9");
+  const auto encoded = parse_http_url("http://host/already%20encoded");
+  ASSERT_TRUE(encoded);
+  EXPECT_EQ(encoded->target, "/already%20encoded"); // never encoded twice
 }
 
 TEST(HttpUrl, ResolvesRedirectLocations) {
