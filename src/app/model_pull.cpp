@@ -2,6 +2,7 @@
 
 #include "app/hf_download.hpp"
 #include "app/model_store.hpp"
+#include "core/http_url.hpp"
 #include "core/text.hpp"
 #include "storage/digest.hpp"
 
@@ -104,6 +105,37 @@ std::string guess_family(const std::string& file) {
   return {};
 }
 
+// A repository's file as a relative path of ordinary parts (no "..", ".",
+// empty part, leading '/', backslash or control character), so that it
+// lands inside its model folder: file names come from the user and from the
+// listing the endpoint sends.
+bool is_path_inside(std::string_view file) {
+  if (file.empty() || file.front() == '/') return false;
+  for (size_t start = 0;;) {
+    const auto slash = file.find('/', start);
+    const auto part = file.substr(start, slash == std::string_view::npos ? slash : slash - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    if (slash == std::string_view::npos) break;
+    start = slash + 1;
+  }
+  return std::none_of(file.begin(), file.end(), [](char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return byte < 0x20 || byte == 0x7f || c == '\\';
+  });
+}
+
+// OWNER/NAME, each part of letters, digits, '.', '_' and '-' (Hugging Face's rule).
+bool valid_repo_id(std::string_view repo) {
+  const auto slash = repo.find('/');
+  if (slash == std::string_view::npos) return false;
+  const auto valid_part = [](std::string_view part) {
+    return !part.empty() && part != "." && part != ".." && std::all_of(part.begin(), part.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+    });
+  };
+  return valid_part(repo.substr(0, slash)) && valid_part(repo.substr(slash + 1));
+}
+
 PullPlan plan_for(const std::string& spec, const PullOptions& options) {
   PullPlan plan;
   for (const auto& entry : model_catalogue()) {
@@ -122,6 +154,10 @@ PullPlan plan_for(const std::string& spec, const PullOptions& options) {
       throw std::invalid_argument(
           fmt::format("'{}' is neither a known model ({}) nor a Hugging Face REPO or REPO:FILE", spec, names));
     }
+    if (!valid_repo_id(repo)) {
+      throw std::invalid_argument(fmt::format(
+          "'{}' is not a Hugging Face repository id (OWNER/NAME, of letters, digits, '.', '_', '-')", repo));
+    }
     if (colon + 1 == spec.size()) {
       throw std::invalid_argument(fmt::format("name the file after the colon: `mmserve pull {}:FILE`", repo));
     }
@@ -130,6 +166,9 @@ PullPlan plan_for(const std::string& spec, const PullOptions& options) {
       plan = {repo.substr(repo.rfind('/') + 1), "", repo, "main", {}};
     } else {
       const std::string file = spec.substr(colon + 1);
+      if (!is_path_inside(file)) {
+        throw std::invalid_argument(fmt::format("'{}' is not a file path inside a repository", file));
+      }
       plan = {fs::path(file).stem().string(), guess_family(file), repo, "main", {file}};
       if (plan.family.empty() && options.family.empty()) {
         throw std::invalid_argument(
@@ -151,7 +190,8 @@ PullPlan plan_for(const std::string& spec, const PullOptions& options) {
 // licence, file list. Null when the server offers none.
 nlohmann::json fetch_repo_info(const std::string& endpoint, const PullPlan& plan, const DownloadOptions& options) {
   const auto text =
-      fetch_text(fmt::format("{}/api/models/{}/revision/{}", endpoint, plan.repo, plan.revision), options, 16 << 20);
+      fetch_text(fmt::format("{}/api/models/{}/revision/{}", endpoint, plan.repo, percent_encode(plan.revision)),
+                 options, 16 << 20);
   if (!text) return nullptr;
   auto doc = nlohmann::json::parse(*text, nullptr, false);
   return doc.is_object() ? doc : nlohmann::json(nullptr);
@@ -392,10 +432,15 @@ int run_pull(const std::string& spec, const PullOptions& options) {
         throw std::invalid_argument(fmt::format("{} did not list the files of {} (revision {}): pull REPO:FILE instead",
                                                 endpoint, plan.repo, plan.revision));
       }
-      std::vector<std::string> files;
+      std::vector<std::string> files, outside;
       for (const auto& sibling : info["siblings"]) {
-        if (sibling.is_object() && sibling.contains("rfilename") && sibling["rfilename"].is_string())
-          files.push_back(sibling["rfilename"].get<std::string>());
+        if (!sibling.is_object() || !sibling.contains("rfilename") || !sibling["rfilename"].is_string()) continue;
+        auto file = sibling["rfilename"].get<std::string>();
+        (is_path_inside(file) ? files : outside).push_back(std::move(file));
+      }
+      if (!outside.empty()) {
+        std::cerr << fmt::format("{}: ignoring {} listed name{} that would land outside the model folder: {}\n",
+                                 plan.repo, outside.size(), outside.size() == 1 ? "" : "s", fmt::join(outside, ", "));
       }
       choose_repo_files(plan, files);
       manifest.family = plan.family;
@@ -408,9 +453,13 @@ int run_pull(const std::string& spec, const PullOptions& options) {
         plan.family == "speech" ? fs::path(options.models_dir) : fs::path(options.models_dir) / plan.name;
     fs::create_directories(folder);
     for (const auto& file : plan.files) {
+      if (!is_path_inside(file))
+        throw std::invalid_argument(fmt::format("'{}' would land outside {}", file, folder.string()));
       const fs::path dest = folder / (plan.keep_paths ? fs::path(file) : fs::path(file).filename());
       if (plan.keep_paths) fs::create_directories(dest.parent_path());
-      const std::string url = fmt::format("{}/{}/resolve/{}/{}", endpoint, plan.repo, plan.revision, file);
+      // Quoted as Hugging Face's own client quotes them: the revision whole, the file by path part.
+      const std::string url = fmt::format("{}/{}/resolve/{}/{}", endpoint, plan.repo, percent_encode(plan.revision),
+                                          percent_encode(file, "/"));
       ModelFileEntry entry{fs::relative(dest, options.models_dir).string(), 0, {}, url};
       std::error_code ec;
       if (fs::is_regular_file(dest, ec) && !fs::exists(dest.string() + ".part", ec)) {

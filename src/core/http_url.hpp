@@ -37,6 +37,13 @@ constexpr bool host_char(char c, bool bracketed) {
   return bracketed && c == ':';
 }
 
+inline void append_escaped(std::string& out, unsigned char byte) {
+  constexpr char kHex[] = "0123456789ABCDEF";
+  out += '%';
+  out += kHex[byte >> 4];
+  out += kHex[byte & 15];
+}
+
 // The path and query as sent: control characters refused (they would end
 // the request line early), spaces, quotes, angle brackets, backticks,
 // braces and non-ASCII bytes percent-encoded, as browsers send them.
@@ -47,10 +54,7 @@ inline std::optional<std::string> request_target(std::string_view text) {
     const auto byte = static_cast<unsigned char>(c);
     if (byte < 0x20 || byte == 0x7f) return std::nullopt;
     if (byte >= 0x80 || std::string_view(" \"<>`{}").find(c) != std::string_view::npos) {
-      constexpr char kHex[] = "0123456789ABCDEF";
-      out += '%';
-      out += kHex[byte >> 4];
-      out += kHex[byte & 15];
+      append_escaped(out, byte);
     } else {
       out += c;
     }
@@ -59,6 +63,23 @@ inline std::optional<std::string> request_target(std::string_view text) {
 }
 
 } // namespace http_url_detail
+
+// `text` with every byte but RFC 3986's unreserved ones (letters, digits,
+// "-._~") and those in `keep` percent-encoded: a name put into a URL path.
+inline std::string percent_encode(std::string_view text, std::string_view keep = {}) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const bool unreserved = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                            std::string_view("-._~").find(c) != std::string_view::npos;
+    if (unreserved || keep.find(c) != std::string_view::npos) {
+      out += c;
+    } else {
+      http_url_detail::append_escaped(out, static_cast<unsigned char>(c));
+    }
+  }
+  return out;
+}
 
 // scheme://[user@]host[:port][/path][?query][#fragment] with scheme http or
 // https (any case); the user part and the fragment are dropped. nullopt for

@@ -277,3 +277,40 @@ TEST_F(Pull, AnAmbiguousRepositoryAsksForAFile) {
   EXPECT_EQ(unlisted.exit_code, 2) << unlisted.output;
   EXPECT_TRUE(contains(unlisted.output, "pull REPO:FILE instead")) << unlisted.output;
 }
+
+TEST_F(Pull, FileNamesStayInsideTheModelFolderAndAreQuotedInUrls) {
+  // A listing (the endpoint's word, not the user's) naming files outside the
+  // model folder: those are ignored, the rest pulled. A name with a space
+  // goes out percent-encoded, as Hugging Face's client sends it.
+  const std::vector<std::string> served = {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
+                                           "tokenizer/special tokens.json"};
+  std::vector<std::string> listed = served;
+  listed.insert(listed.end(), {"../escaped.json", "/escaped-root.json", "./unet.json", "vae\\..\\..\\win.json"});
+  hub_.route("/api/models/acme/sly-sd/revision/main", {200, {}, siblings_json(listed)});
+  hub_.route("/acme/sly-sd/resolve/main/model_index.json", {200, {}, "{}"});
+  hub_.route("/acme/sly-sd/resolve/main/unet/diffusion_pytorch_model.safetensors", {200, {}, "weights"});
+  hub_.route("/acme/sly-sd/resolve/main/tokenizer/special%20tokens.json", {200, {}, "tokens"});
+  for (const std::string escape : {"/acme/sly-sd/resolve/main/../escaped.json", "/acme/escaped.json",
+                                   "/acme/sly-sd/resolve/main//escaped-root.json"}) {
+    hub_.route(escape, {200, {}, "should never be fetched"});
+  }
+  const auto result = mmserve({"pull", "acme/sly-sd"});
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(contains(result.output, "ignoring 4 listed names that would land outside the model folder"))
+      << result.output;
+  EXPECT_EQ(read_file(models_ + "/sly-sd/tokenizer/special tokens.json"), "tokens");
+  EXPECT_EQ(hub_.hits("/acme/sly-sd/resolve/main/tokenizer/special%20tokens.json"), 1);
+  EXPECT_FALSE(fs::exists(models_ + "/escaped.json"));
+  EXPECT_FALSE(fs::exists("/escaped-root.json"));
+  EXPECT_EQ(manifest("sly-sd")["files"].size(), served.size());
+
+  // The user's own REPO:FILE and REPO are held to the same rules.
+  for (const std::string spec : {"acme/sly:../../evil.gguf", "acme/sly:/etc/evil.gguf", "acme/sly:a//b.gguf"}) {
+    const auto refused = mmserve({"pull", spec});
+    EXPECT_EQ(refused.exit_code, 2) << spec << ": " << refused.output;
+    EXPECT_TRUE(contains(refused.output, "is not a file path inside a repository")) << refused.output;
+  }
+  const auto bad_repo = mmserve({"pull", "acme/sly/extra:model.gguf"});
+  EXPECT_EQ(bad_repo.exit_code, 2) << bad_repo.output;
+  EXPECT_TRUE(contains(bad_repo.output, "is not a Hugging Face repository id")) << bad_repo.output;
+}

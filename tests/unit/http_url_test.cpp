@@ -67,6 +67,13 @@ TEST(HttpUrl, PercentEncodesWhatBrowsersEncodeInThePath) {
   EXPECT_EQ(encoded->target, "/already%20encoded"); // never encoded twice
 }
 
+TEST(HttpUrl, PercentEncodesNamesForAPath) {
+  EXPECT_EQ(percent_encode("refs/pr/1"), "refs%2Fpr%2F1");
+  EXPECT_EQ(percent_encode("unet/special tokens?#.json", "/"), "unet/special%20tokens%3F%23.json");
+  EXPECT_EQ(percent_encode("A-z_0.9~"), "A-z_0.9~");
+  EXPECT_EQ(percent_encode("caf\xC3\xA9%"), "caf%C3%A9%25");
+}
+
 TEST(HttpUrl, ResolvesRedirectLocations) {
   const auto base = parse_http_url("https://a.example/x/y?z=1");
   ASSERT_TRUE(base);
