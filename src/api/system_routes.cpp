@@ -33,9 +33,7 @@ void register_system_routes(http::Router& router, const ModelBoard& board, Serve
     for (const auto& model : snapshot) {
       models.push_back(model_object(model));
       // A model the registry loads when asked for can serve: it does not hold readiness back.
-      const bool servable =
-          model.state == ModelState::loaded || (model.state == ModelState::available && model.on_demand);
-      if (!servable) {
+      if (!serves_requests(model)) {
         reasons.push_back(fmt::format("{} model '{}' is {}{}{}", model.service, model.id, model_state_name(model.state),
                                       model.detail.empty() ? "" : ": ", model.detail));
       }

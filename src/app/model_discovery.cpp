@@ -46,6 +46,11 @@ ModelStatus discover_vision_model(const VisionConfig& config, VisionModelFiles* 
   std::error_code ec;
   fs::path model;
   fs::path mmproj = config.mmproj_path;
+  // The id it will have once found, also while missing: a model put there
+  // later (a volume filled after the start) keeps the id clients were shown.
+  const fs::path named = path.has_filename() ? path : path.parent_path(); // "dir/" names dir
+  if (config.model_name.empty())
+    status.id = has_extension(named, {".gguf"}) ? named.stem().string() : named.filename().string();
   if (fs::is_directory(path, ec)) {
     std::vector<fs::path> models;
     for (const auto& entry : fs::directory_iterator(path, ec)) {
@@ -70,7 +75,6 @@ ModelStatus discover_vision_model(const VisionConfig& config, VisionModelFiles* 
         if (text::lowered(candidate.filename().string()).find("q8_0") != std::string::npos) model = candidate;
       }
     }
-    if (config.model_name.empty()) status.id = path.filename().string();
   } else if (fs::is_regular_file(path, ec)) {
     model = path;
     if (config.model_name.empty()) status.id = path.stem().string();

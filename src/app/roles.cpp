@@ -29,8 +29,12 @@
 #include "ggml-backend.h"
 
 #include <boost/asio/signal_set.hpp>
+#include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <filesystem>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -83,8 +87,8 @@ void set_memory_estimate(RegisteredModel& model, const MemoryEstimate& estimate)
   model.gpu_memory_bytes = estimate.gpu_bytes;
 }
 
-void add_vision_model(ModelRegistry& registry, const VisionConfig& vision, const Config& config, ServerMetrics& metrics,
-                      bool preload) {
+RegisteredModel make_vision_model(const VisionConfig& vision, const Config& config, ServerMetrics& metrics,
+                                  bool preload) {
   VisionModelFiles files;
   RegisteredModel model;
   model.status = discover_vision_model(vision, &files);
@@ -93,7 +97,7 @@ void add_vision_model(ModelRegistry& registry, const VisionConfig& vision, const
     set_memory_estimate(model, estimate_vision_memory(files.model, files.mmproj, vision, process_gpus()));
     model.loader = vision_loader(files, model.status.id, config, metrics);
   }
-  registry.add(std::move(model));
+  return model;
 }
 
 // DEVICE=cuda|auto use the first GPU when this build has a GPU backend.
@@ -129,8 +133,8 @@ EngineLoader speech_loader(const std::string& path, const std::string& id, const
   };
 }
 
-void add_speech_model(ModelRegistry& registry, const SpeechConfig& speech, const std::string& name,
-                      const Config& config, ServerMetrics& metrics, bool preload) {
+RegisteredModel make_speech_model(const SpeechConfig& speech, const std::string& name, const Config& config,
+                                  ServerMetrics& metrics, bool preload) {
   RegisteredModel model;
   model.status = discover_speech_model(speech);
   if (!name.empty()) model.status.id = name;
@@ -139,7 +143,7 @@ void add_speech_model(ModelRegistry& registry, const SpeechConfig& speech, const
     set_memory_estimate(model, estimate_speech_memory(model.status.path, speech, process_gpus()));
     model.loader = speech_loader(model.status.path, model.status.id, config, metrics);
   }
-  registry.add(std::move(model));
+  return model;
 }
 
 // What every image model's service shares: where outputs go, and the
@@ -170,8 +174,8 @@ EngineLoader image_loader(const std::string& path, const std::string& id, const 
   };
 }
 
-void add_image_model(ModelRegistry& registry, const ImageConfig& image, const std::string& name, const Config& config,
-                     ServerMetrics& metrics, const ImageShared& shared, bool preload) {
+RegisteredModel make_image_model(const ImageConfig& image, const std::string& name, const Config& config,
+                                 ServerMetrics& metrics, const ImageShared& shared, bool preload) {
   RegisteredModel model;
   model.status = discover_image_model(image);
   if (!name.empty()) model.status.id = name;
@@ -180,7 +184,7 @@ void add_image_model(ModelRegistry& registry, const ImageConfig& image, const st
     set_memory_estimate(model, estimate_image_memory(model.status.path, image, process_gpus()));
     model.loader = image_loader(model.status.path, model.status.id, config, metrics, shared);
   }
-  registry.add(std::move(model));
+  return model;
 }
 
 std::string canonical_or_empty(const std::string& path) {
@@ -192,69 +196,167 @@ std::string canonical_or_empty(const std::string& path) {
 
 // A model besides the service's own (registry.models, or pulled into the
 // store), with the service's other settings.
-void add_named_model(ModelRegistry& registry, const RegistryModel& named, const Config& config, ServerMetrics& metrics,
-                     const ImageShared& image_shared) {
+RegisteredModel make_named_model(const RegistryModel& named, const Config& config, ServerMetrics& metrics,
+                                 const ImageShared& image_shared) {
   if (named.service == "vision") {
     VisionConfig vision = config.vision;
     vision.model_path = named.path;
     vision.mmproj_path = named.mmproj;
     vision.model_name = named.name;
-    add_vision_model(registry, vision, config, metrics, named.preload);
-  } else if (named.service == "image") {
+    return make_vision_model(vision, config, metrics, named.preload);
+  }
+  if (named.service == "image") {
     ImageConfig image = config.image;
     image.model_path = named.path;
-    add_image_model(registry, image, named.name, config, metrics, image_shared, named.preload);
-  } else {
-    SpeechConfig speech = config.speech;
-    speech.model_path = named.path;
-    add_speech_model(registry, speech, named.name, config, metrics, named.preload);
+    return make_image_model(image, named.name, config, metrics, image_shared, named.preload);
   }
+  SpeechConfig speech = config.speech;
+  speech.model_path = named.path;
+  return make_speech_model(speech, named.name, config, metrics, named.preload);
 }
 
 // Every model a service can serve: its configured one (loaded at start), the
-// registry's extra models, and those pulled into the model store.
-void register_models(ModelRegistry& registry, const std::string& service, const Config& config, ServerMetrics& metrics,
-                     const ImageShared& image_shared = {}) {
-  std::set<std::string> paths; // a store model that is also configured is listed once
-  const auto remember = [&](const std::string& id) { paths.insert(canonical_or_empty(registry.status(id).path)); };
-  if (service == "vision") {
-    add_vision_model(registry, config.vision, config, metrics, true);
-    remember(registry.resolve("vision", "", "chat"));
-  } else if (service == "image") {
-    add_image_model(registry, config.image, "", config, metrics, image_shared, true);
-    remember(registry.resolve("image", "", "image"));
-  } else {
-    add_speech_model(registry, config.speech, "", config, metrics, true);
-    remember(registry.resolve("speech", "", "speech"));
+// registry's extra models, and those pulled into the model store. Looked for
+// again while running (every registry.rescan_interval, and when a request
+// names a model that is unknown or missing), so a model put on disk after
+// the start is served without a restart: a configured one that was missing
+// (a volume filled after the pod started) and one pulled beside a running
+// server.
+class ModelFinder {
+public:
+  ModelFinder(ModelRegistry& registry, const Config& config, ServerMetrics& metrics)
+      : registry_(registry), config_(config), metrics_(metrics) {}
+  ModelFinder(const ModelFinder&) = delete;
+  ModelFinder& operator=(const ModelFinder&) = delete;
+  ~ModelFinder() {
+    {
+      std::lock_guard lock(wakeup_mutex_);
+      stopping_ = true;
+    }
+    wakeup_.notify_all();
+    if (rescans_.joinable()) rescans_.join();
   }
-  for (const auto& extra : config.registry.models) {
-    if (extra.service != service) continue;
-    add_named_model(registry, extra, config, metrics, image_shared);
-    remember(extra.name);
+
+  void add_service(const std::string& service, const ImageShared& image_shared = {}) {
+    if (service == "image") image_shared_ = image_shared;
+    if (service == "vision") {
+      add_configured([this] { return make_vision_model(config_.vision, config_, metrics_, true); });
+    } else if (service == "image") {
+      add_configured([this] { return make_image_model(config_.image, "", config_, metrics_, image_shared_, true); });
+    } else {
+      add_configured([this] { return make_speech_model(config_.speech, "", config_, metrics_, true); });
+    }
+    for (const auto& extra : config_.registry.models) {
+      if (extra.service == service)
+        add_configured([this, extra] { return make_named_model(extra, config_, metrics_, image_shared_); });
+    }
+    services_.insert(service);
+    std::lock_guard lock(scan_mutex_);
+    add_pulled_models();
   }
-  if (!config.registry.include_store || config.models_dir.empty()) return;
-  for (const auto& manifest : ModelStore(config.models_dir).list()) {
-    if (manifest.family != service) continue;
-    RegistryModel pulled{manifest.name, service, "", "", false};
-    for (const auto& file : manifest.files) {
-      const std::string path = config.models_dir + "/" + file.path;
-      // A diffusers pipeline is its folder (the one with model_index.json).
-      if (service == "image" && file.path.ends_with("model_index.json")) {
-        pulled.path = std::filesystem::path(path).parent_path().string();
-        break;
+
+  // Looks again; true when it added or revived a model. A request's look
+  // (on_demand) happens at most once a second, whatever asks.
+  bool scan(bool on_demand) {
+    std::lock_guard lock(scan_mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    if (on_demand) {
+      if (now - last_demand_scan_ < std::chrono::seconds(1)) return false;
+      last_demand_scan_ = now;
+    }
+    bool found = false;
+    for (const auto& source : configured_) {
+      if (registry_.status(source.id).state != ModelState::missing) continue;
+      RegisteredModel model = source.make();
+      if (model.status.state != ModelState::available) continue;
+      model.status.id = source.id; // the id clients were shown while it was missing
+      if (registry_.revive(std::move(model))) {
+        remember(source.id);
+        found = true;
       }
-      const bool projector = file.path.find("mmproj") != std::string::npos;
-      if (projector && pulled.mmproj.empty()) pulled.mmproj = path;
-      if (!projector && pulled.path.empty()) pulled.path = path;
     }
-    if (pulled.path.empty() || paths.contains(canonical_or_empty(pulled.path))) continue;
-    try {
-      add_named_model(registry, pulled, config, metrics, image_shared);
-    } catch (const std::invalid_argument& error) {
-      spdlog::warn("model store: {} (skipped)", error.what());
-    }
+    return add_pulled_models() || found;
   }
-}
+
+  // Scans every interval on a thread of its own until destroyed.
+  void start_rescans(double interval_s) {
+    if (interval_s <= 0) return;
+    rescans_ = std::thread([this, interval = std::chrono::duration<double>(interval_s)] {
+      std::unique_lock lock(wakeup_mutex_);
+      while (!wakeup_.wait_for(lock, interval, [this] { return stopping_; })) {
+        lock.unlock();
+        try {
+          scan(false);
+        } catch (const std::exception& error) {
+          spdlog::warn("looking for new models: {}", error.what());
+        }
+        lock.lock();
+      }
+    });
+  }
+
+private:
+  struct Configured {
+    std::string id;
+    std::function<RegisteredModel()> make;
+  };
+
+  void add_configured(std::function<RegisteredModel()> make) {
+    RegisteredModel model = make();
+    const std::string id = model.status.id;
+    registry_.add(std::move(model));
+    remember(id);
+    configured_.push_back({id, std::move(make)});
+  }
+  // A store model that is also configured is listed once.
+  void remember(const std::string& id) { known_paths_.insert(canonical_or_empty(registry_.status(id).path)); }
+
+  // With scan_mutex_ held: the store's models not registered yet; true when any.
+  bool add_pulled_models() {
+    if (!config_.registry.include_store || config_.models_dir.empty()) return false;
+    bool added = false;
+    for (const auto& manifest : ModelStore(config_.models_dir).list()) {
+      if (!services_.contains(manifest.family) || skipped_.contains(manifest.name)) continue;
+      RegistryModel pulled{manifest.name, manifest.family, "", "", false};
+      for (const auto& file : manifest.files) {
+        const std::string path = config_.models_dir + "/" + file.path;
+        // A diffusers pipeline is its folder (the one with model_index.json).
+        if (manifest.family == "image" && file.path.ends_with("model_index.json")) {
+          pulled.path = std::filesystem::path(path).parent_path().string();
+          break;
+        }
+        const bool projector = file.path.find("mmproj") != std::string::npos;
+        if (projector && pulled.mmproj.empty()) pulled.mmproj = path;
+        if (!projector && pulled.path.empty()) pulled.path = path;
+      }
+      if (pulled.path.empty() || known_paths_.contains(canonical_or_empty(pulled.path))) continue;
+      try {
+        registry_.add(make_named_model(pulled, config_, metrics_, image_shared_));
+        remember(pulled.name);
+        added = true;
+      } catch (const std::invalid_argument& error) {
+        spdlog::warn("model store: {} (skipped)", error.what());
+        skipped_.insert(manifest.name); // said once
+      }
+    }
+    return added;
+  }
+
+  ModelRegistry& registry_;
+  const Config& config_;
+  ServerMetrics& metrics_;
+  ImageShared image_shared_;
+  std::set<std::string> services_;
+  std::mutex scan_mutex_; // one scan at a time; guards what follows
+  std::vector<Configured> configured_;
+  std::set<std::string> known_paths_;
+  std::set<std::string> skipped_;
+  std::chrono::steady_clock::time_point last_demand_scan_{};
+  std::mutex wakeup_mutex_;
+  std::condition_variable wakeup_;
+  bool stopping_ = false;
+  std::thread rescans_;
+};
 
 } // namespace
 
@@ -280,15 +382,21 @@ int run_role(Role role, const Config& config) {
   }
   registry.emplace(board, metrics, config.registry.memory_budget, config.registry.idle_unload_s,
                    std::move(gpu_memory_budgets));
-  if (vision) register_models(*registry, "vision", config, metrics);
-  if (speech) register_models(*registry, "speech", config, metrics);
+  std::optional<ModelFinder> finder; // stopped before the registry goes
+  finder.emplace(*registry, config, metrics);
+  if (vision) finder->add_service("vision");
+  if (speech) finder->add_service("speech");
   ImageShared image_shared;
   if (image) {
     image_shared = {storage::make_output_store(config, process_environment()),
                     std::make_shared<image::ImageActivity>(metrics)};
-    register_models(*registry, "image", config, metrics, image_shared);
+    finder->add_service("image", image_shared);
   }
   registry->preload();
+  if (vision || speech || image) {
+    registry->set_discoverer([&finder] { return finder->scan(true); });
+    finder->start_rescans(config.registry.rescan_interval_s);
+  }
   if (vision) metrics.queue_depth.labels({"vision"}).set(0);
   if (speech) metrics.queue_depth.labels({"speech"}).set(0);
   if (image) metrics.queue_depth.labels({"image"}).set(0);
@@ -376,6 +484,8 @@ int run_role(Role role, const Config& config) {
   if (front) front->stop();
   // Engines stop while the server's io_context still exists (stopped): their
   // last events for requests cut off by the grace period are posted to it.
+  registry->set_discoverer({});
+  finder.reset();
   registry.reset();
   spdlog::info("mmserve stopped");
   return 0;

@@ -397,6 +397,7 @@ void read_registry(Section& s, RegistryConfig& c) {
   s.read_seconds("idle_unload", c.idle_unload_s, 0);
   c.admin_api_keys = read_api_keys(s.section_list("admin_api_keys"));
   s.read("include_store", c.include_store);
+  s.read_seconds("rescan_interval", c.rescan_interval_s, 0);
   for (auto& item : s.section_list("models")) {
     RegistryModel model;
     item.read("name", model.name);
@@ -1026,6 +1027,7 @@ std::string dump_config(const Config& c) {
   }
   out << YAML::EndSeq;
   out << YAML::Key << "include_store" << YAML::Value << c.registry.include_store;
+  out << YAML::Key << "rescan_interval" << YAML::Value << c.registry.rescan_interval_s;
   out << YAML::Key << "models" << YAML::Value << YAML::BeginSeq;
   for (const auto& model : c.registry.models) {
     out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << model.name << YAML::Key << "service" << YAML::Value

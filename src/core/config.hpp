@@ -214,6 +214,7 @@ struct RegistryConfig {
   double idle_unload_s = 0;                  // unload a model unused this long; 0: never
   std::vector<GatewayApiKey> admin_api_keys; // may load/unload; none: loopback clients only
   bool include_store = true;                 // models pulled into models_dir are listed as available
+  double rescan_interval_s = 10; // look this often for models put on disk since the start; 0: only when asked for
   std::vector<RegistryModel> models;
 };
 

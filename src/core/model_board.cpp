@@ -24,7 +24,7 @@ void ModelBoard::publish(const ModelStatus& status) {
     models_.push_back(status);
   else
     *it = status;
-  metrics_.model_ready.labels({status.service, status.id}).set(status.state == ModelState::loaded ? 1 : 0);
+  metrics_.model_ready.labels({status.service, status.id}).set(serves_requests(status) ? 1 : 0);
 }
 
 std::vector<ModelStatus> ModelBoard::snapshot() const {

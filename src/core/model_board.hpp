@@ -26,6 +26,12 @@ struct ModelStatus {
   bool on_demand = false;                 // the model registry loads it when a request names it (available is servable)
 };
 
+// Whether the model can serve a request now: loaded, or loaded by the
+// registry when a request names it. /readyz and mmserve_model_ready count it so.
+inline bool serves_requests(const ModelStatus& status) {
+  return status.state == ModelState::loaded || (status.state == ModelState::available && status.on_demand);
+}
+
 class ModelBoard {
 public:
   explicit ModelBoard(ServerMetrics& metrics) : metrics_(metrics) {}

@@ -134,6 +134,40 @@ void ModelRegistry::add(RegisteredModel model) {
   }
 }
 
+bool ModelRegistry::revive(RegisteredModel model) {
+  std::lock_guard lock(mutex_);
+  auto it = std::find_if(entries_.begin(), entries_.end(),
+                         [&](const Entry& entry) { return entry.model.status.id == model.status.id; });
+  if (it == entries_.end() || it->model.status.state != ModelState::missing || !model.loader) return false;
+  model.status.memory_bytes = model.memory_bytes;
+  model.status.gpu_memory_bytes = model.gpu_memory_bytes;
+  model.status.on_demand = true;
+  it->model = std::move(model);
+  publish(*it);
+  log_event(spdlog::level::info, "model found",
+            {{"service", it->model.status.service}, {"model", it->model.status.id}, {"path", it->model.status.path}});
+  if (it->model.preload) {
+    try {
+      begin_load(*it);
+    } catch (const ApiError& error) {
+      log_event(spdlog::level::warn, "model not preloaded",
+                {{"model", it->model.status.id}, {"reason", std::string(error.what())}});
+    }
+  }
+  return true;
+}
+
+bool ModelRegistry::discover_if_absent(const std::string& id) const {
+  if (!discover_) return false;
+  {
+    std::lock_guard lock(mutex_);
+    const auto it =
+        std::find_if(entries_.begin(), entries_.end(), [&](const Entry& entry) { return entry.model.status.id == id; });
+    if (it != entries_.end() && it->model.status.state != ModelState::missing) return false;
+  }
+  return discover_();
+}
+
 void ModelRegistry::preload() {
   std::lock_guard lock(mutex_);
   for (auto& entry : entries_) {
@@ -160,14 +194,27 @@ const ModelRegistry::Entry& ModelRegistry::find(const std::string& id) const {
 
 std::string ModelRegistry::resolve(const std::string& service, const std::string& requested, const std::string& kind,
                                    std::initializer_list<const char*> aliases) const {
-  std::lock_guard lock(mutex_);
   const bool first = requested.empty() ||
                      std::any_of(aliases.begin(), aliases.end(), [&](const char* alias) { return requested == alias; });
+  // With mutex_ held: the entry the request means, or null.
+  const auto match = [&]() -> const Entry* {
+    for (const auto& entry : entries_) {
+      if (entry.model.status.service == service && (first || entry.model.status.id == requested)) return &entry;
+    }
+    return nullptr;
+  };
+  {
+    std::lock_guard lock(mutex_);
+    if (const Entry* entry = match(); entry && entry->model.status.state != ModelState::missing)
+      return entry->model.status.id;
+  }
+  // A model pulled (or put on the volume) since the start is found before the answer is 404 or 503.
+  if (discover_) discover_();
+  std::lock_guard lock(mutex_);
+  if (const Entry* entry = match()) return entry->model.status.id;
   std::vector<std::string> ids;
   for (const auto& entry : entries_) {
-    if (entry.model.status.service != service) continue;
-    if (first || entry.model.status.id == requested) return entry.model.status.id;
-    ids.push_back(entry.model.status.id);
+    if (entry.model.status.service == service) ids.push_back(entry.model.status.id);
   }
   throw ApiError::not_found(fmt::format("The model '{}' does not exist. Available {} models: {}.", requested, kind,
                                         ids.empty() ? std::string("none") : fmt::format("{}", fmt::join(ids, ", "))),
@@ -175,6 +222,16 @@ std::string ModelRegistry::resolve(const std::string& service, const std::string
 }
 
 void ModelRegistry::check_servable(const std::string& service) const {
+  const auto servable = [&] {
+    std::lock_guard lock(mutex_);
+    return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& entry) {
+      const ModelState state = entry.model.status.state;
+      return entry.model.status.service == service &&
+             (state == ModelState::available || state == ModelState::loading || state == ModelState::loaded);
+    });
+  };
+  // Its model may have been put on the volume since the start.
+  if (servable() || (discover_ && discover_() && servable())) return;
   std::lock_guard lock(mutex_);
   const Entry* first = nullptr;
   for (const auto& entry : entries_) {
@@ -384,6 +441,7 @@ void ModelRegistry::release(const std::string& id) {
 }
 
 ModelStatus ModelRegistry::load(const std::string& id) {
+  discover_if_absent(id);
   std::lock_guard lock(mutex_);
   Entry& entry = find(id);
   if (entry.model.status.state == ModelState::failed) entry.model.status.state = ModelState::available; // retry

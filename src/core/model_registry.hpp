@@ -73,6 +73,17 @@ public:
 
   // Ids are unique across services; a repeated id is refused (std::invalid_argument).
   void add(RegisteredModel model);
+  // A model found on disk after the start takes the place of the missing
+  // entry with its id (a volume filled after the pod started): published as
+  // available, and loaded now when marked preload. False when no entry of
+  // that id is missing.
+  bool revive(RegisteredModel model);
+  // Looks on disk for models that appeared since the start (the process's
+  // model discovery adds or revives them), called outside the lock before a
+  // request is told its model does not exist or is missing, and before an
+  // admin load of such a model; it returns true when it found any. Set
+  // before serving.
+  void set_discoverer(std::function<bool()> discover) { discover_ = std::move(discover); }
   // Starts loading the models marked preload, in the order added, as far as
   // the budget allows (a refusal is logged and the model stays available).
   void preload();
@@ -112,6 +123,8 @@ private:
     std::thread loader;
   };
 
+  // The discoverer's verdict when `id` is unknown or missing; false otherwise.
+  bool discover_if_absent(const std::string& id) const;
   Entry& find(const std::string& id);
   const Entry& find(const std::string& id) const;
   // With mutex_ held: nothing when loaded or loading; else reserves memory
@@ -140,6 +153,7 @@ private:
   const uint64_t memory_budget_;
   const std::vector<uint64_t> gpu_budgets_;
   const double idle_unload_s_;
+  std::function<bool()> discover_;
   mutable std::mutex mutex_;
   std::list<Entry> entries_; // stable addresses: loader threads hold references
   bool stopping_ = false;

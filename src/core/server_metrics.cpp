@@ -77,8 +77,10 @@ ServerMetrics::ServerMetrics()
       time_to_first_token_seconds(registry.histogram("time_to_first_token_seconds",
                                                      "From a request entering the queue to its first token.",
                                                      {"service", "model"}, metrics::duration_buckets())),
-      model_ready(
-          registry.gauge("mmserve_model_ready", "1 when a model is loaded and serving, else 0.", {"service", "model"})),
+      model_ready(registry.gauge(
+          "mmserve_model_ready",
+          "1 when a model serves requests: loaded, or loaded on first use; else 0 (missing, failed, loading at start).",
+          {"service", "model"})),
       audio_seconds_total(registry.counter("mmserve_audio_seconds_total", "Seconds of audio transcribed or translated.",
                                            {"service", "model"})),
       real_time_factor(registry.histogram(

@@ -342,3 +342,86 @@ test('models pulled into the store are served by name', { skip }, async () => {
   assert.equal(answer.body.model, 'tiny-stories');
   assert.equal(await stop(server), 0);
 });
+
+// What `mmserve pull` leaves in the store: the file, then the manifest.
+function putInStore(store, name, file) {
+  mkdirSync(path.join(store, 'manifests'), { recursive: true });
+  mkdirSync(path.join(store, name), { recursive: true });
+  execFileSync('cp', [file, path.join(store, name, path.basename(file))]);
+  writeFileSync(path.join(store, 'manifests', `${name}.json`), JSON.stringify({
+    name, family: 'vision', source: { repo: 'ggml-org/models', revision: 'main' }, license: 'mit',
+    files: [{ path: `${name}/${path.basename(file)}`, size: 0, sha256: '', url: '' }],
+  }));
+}
+
+test('a model pulled while the server runs is served by name at once, and listed within registry.rescan_interval', { skip }, async () => {
+  const store = mkdtempSync(path.join(work, 'late-store-'));
+  // Only requests look (rescan_interval 0): the listing shows nothing new until one names the model.
+  let server = await start(
+    `models_dir: ${store}\nvision:\n  model_path: ${tinyLlama}\n  max_model_len: 512\nspeech:\n  enabled: false\n` +
+    `registry:\n  rescan_interval: 0\n`, { readyIds: ['tiny-llama-random'] });
+  assert.equal((await chat(server.base, 'late-stories')).status, 404);
+  putInStore(store, 'late-stories', stories);
+  await sleep(1100); // a request's look happens at most once a second
+  assert.equal((await list(server.base))['late-stories'], undefined);
+  const answer = await chat(server.base, 'late-stories', { temperature: 0 });
+  assert.equal(answer.status, 200, JSON.stringify(answer.body));
+  assert.equal(answer.body.model, 'late-stories');
+  assert.equal((await list(server.base))['late-stories'].status, 'loaded');
+  // An admin load of a model pulled since looks too.
+  putInStore(store, 'late-llama', tinyLlama);
+  await sleep(1100);
+  const loaded = await admin(server.base, 'late-llama', 'load');
+  assert.equal(loaded.status, 202, JSON.stringify(loaded.body)); // loading started
+  await waitStatus(server.base, 'late-llama', 'loaded');
+  // A name that is nowhere is still a 404 listing the models there are.
+  const nowhere = await chat(server.base, 'gpt-9');
+  assert.equal(nowhere.status, 404);
+  assert.match(nowhere.body.error.message, /Available chat models: tiny-llama-random, late-stories, late-llama\./);
+  assert.equal(await stop(server), 0);
+
+  // Every rescan_interval the store is looked at without a request.
+  const other = mkdtempSync(path.join(work, 'late-store-'));
+  server = await start(
+    `models_dir: ${other}\nvision:\n  model_path: ${tinyLlama}\n  max_model_len: 512\nspeech:\n  enabled: false\n` +
+    `registry:\n  rescan_interval: 200ms\n`, { readyIds: ['tiny-llama-random'] });
+  putInStore(other, 'late-stories', stories);
+  const listed = await waitStatus(server.base, 'late-stories', 'available', 5000);
+  assert.equal(listed.loads_on_demand, true);
+  // Ready to serve, though not loaded: the "model not ready" alert must not fire for it.
+  assert.equal(await metric(server.base, 'mmserve_model_ready', { service: 'vision', model: 'late-stories' }), 1);
+  assert.equal(await stop(server), 0);
+});
+
+test('a configured model missing at start is served once it is put there: /readyz turns ready', { skip }, async () => {
+  // A Kubernetes volume filled after the pod started: no restart needed.
+  for (const rescan of ['200ms', '0']) {
+    const folder = path.join(mkdtempSync(path.join(work, 'late-volume-')), 'late-model');
+    const server = await start(
+      `vision:\n  model_path: ${folder}\n  max_model_len: 512\nspeech:\n  enabled: false\n` +
+      `registry:\n  rescan_interval: ${rescan}\n`);
+    const before = await fetch(`${server.base}/readyz`);
+    assert.equal(before.status, 503);
+    assert.match((await before.json()).reasons.join('\n'), /vision model 'late-model' is missing: model file or folder .* does not exist/);
+    assert.equal(await metric(server.base, 'mmserve_model_ready', { service: 'vision', model: 'late-model' }), 0);
+    const refused = await chat(server.base, '');
+    assert.equal(refused.status, 503);
+    assert.equal(refused.body.error.code, 'model_not_loaded');
+    mkdirSync(folder);
+    execFileSync('cp', [stories, folder]);
+    if (rescan === '0') {
+      // Only a request looks: the one that names it is answered.
+      await sleep(1100);
+      const answer = await chat(server.base, 'late-model');
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+      assert.equal(answer.body.model, 'late-model');
+    } else {
+      await waitStatus(server.base, 'late-model', 'loaded');
+      assert.equal((await chat(server.base, '')).status, 200);
+    }
+    assert.equal((await fetch(`${server.base}/readyz`)).status, 200);
+    assert.equal(await metric(server.base, 'mmserve_model_ready', { service: 'vision', model: 'late-model' }), 1);
+    assert.match(server.log(), /model found/);
+    assert.equal(await stop(server), 0);
+  }
+});

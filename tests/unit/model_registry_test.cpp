@@ -157,3 +157,64 @@ TEST(ModelRegistryGpu, ModelsListTheirGpuEstimates) {
   EXPECT_EQ(models[0].memory_bytes, 10 * MiB);
   EXPECT_EQ(models[0].gpu_memory_bytes, std::vector<uint64_t>{40 * MiB});
 }
+
+// Models that appear on disk after the start: the discoverer runs before a
+// request is told its model does not exist or is missing, and what it finds
+// is served at once.
+TEST(ModelRegistryDiscovery, AMissingModelRevivesAndLoadsWhenPreloaded) {
+  ServerMetrics metrics;
+  ModelBoard board(metrics);
+  ModelRegistry registry(board, metrics, 1000 * MiB, 0);
+  RegisteredModel absent;
+  absent.status.id = "late";
+  absent.status.service = "vision";
+  absent.status.detail = "model file or folder '/models/late' does not exist";
+  absent.preload = true;
+  registry.add(absent);
+  EXPECT_EQ(registry.status("late").state, ModelState::missing);
+  EXPECT_EQ(load_error(registry, "late"), "model_not_loaded");
+
+  RegisteredModel found = model("late", 10 * MiB, {});
+  found.preload = true;
+  EXPECT_TRUE(registry.revive(found));
+  EXPECT_EQ(wait_settled(registry, "late"), ModelState::loaded); // preloaded, as at a start
+  EXPECT_FALSE(registry.revive(model("late", 10 * MiB, {})));    // only a missing entry is replaced
+  EXPECT_FALSE(registry.revive(model("never-added", 10 * MiB, {})));
+  EXPECT_EQ(board.snapshot().size(), 1u);
+  EXPECT_EQ(board.snapshot().front().state, ModelState::loaded);
+}
+
+TEST(ModelRegistryDiscovery, UnknownOrMissingNamesAskTheDiscovererKnownOnesDoNot) {
+  ServerMetrics metrics;
+  ModelBoard board(metrics);
+  ModelRegistry registry(board, metrics, 1000 * MiB, 0);
+  registry.add(model("first", 10 * MiB, {}));
+  int asked = 0;
+  registry.set_discoverer([&] {
+    ++asked;
+    if (asked == 2) registry.add(model("pulled", 10 * MiB, {}));
+    return asked == 2;
+  });
+  EXPECT_EQ(registry.resolve("vision", "first", "chat"), "first");
+  EXPECT_EQ(registry.resolve("vision", "", "chat"), "first");
+  registry.check_servable("vision");
+  EXPECT_EQ(asked, 0);
+
+  // Not there yet: asked, then 404 listing what there is.
+  try {
+    registry.resolve("vision", "pulled", "chat");
+    ADD_FAILURE() << "an unknown model resolved";
+  } catch (const ApiError& error) {
+    EXPECT_EQ(error.status(), 404);
+    EXPECT_NE(std::string(error.what()).find("Available chat models: first."), std::string::npos) << error.what();
+  }
+  EXPECT_EQ(asked, 1);
+  // Pulled since: found by the same request that names it.
+  EXPECT_EQ(registry.resolve("vision", "pulled", "chat"), "pulled");
+  EXPECT_EQ(asked, 2);
+  EXPECT_EQ(registry.resolve("vision", "pulled", "chat"), "pulled");
+  EXPECT_EQ(asked, 2);
+  // An admin load of an unknown name asks too.
+  EXPECT_EQ(load_error(registry, "nowhere"), "model_not_found");
+  EXPECT_EQ(asked, 3);
+}
