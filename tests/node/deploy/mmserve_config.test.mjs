@@ -7,11 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { parse } from 'yaml';
 import { k8sDir, overlays, render } from './kustomize.mjs';
+import { mountVolumes } from './pod.mjs';
 
 const bin = process.env.MMSERVE_BIN;
 const skip = !bin && 'MMSERVE_BIN is not set';
@@ -54,18 +55,7 @@ function runContainer(overlay, deployment, container, configMaps) {
   const root = mkdtempSync(join(tmpdir(), 'mmserve-k8s-'));
   const spec = deployment.spec.template.spec;
   // ConfigMap volumes, written where they are mounted (paths inside them too).
-  const mounts = (container.volumeMounts ?? []).filter((m) => spec.volumes.find((v) => v.name === m.name)?.configMap);
-  const relocate = (text) => mounts.reduce((t, m) => t.replaceAll(`${m.mountPath}/`, `${root}${m.mountPath}/`), text);
-  const files = new Map();
-  for (const m of mounts) {
-    const cm = configMaps.get(spec.volumes.find((v) => v.name === m.name).configMap.name);
-    for (const [name, data] of Object.entries(cm.data)) {
-      const path = `${root}${m.mountPath}/${name}`;
-      mkdirSync(dirname(path), { recursive: true });
-      writeFileSync(path, relocate(data));
-      files.set(`${m.mountPath}/${name}`, parse(data));
-    }
-  }
+  const { relocate, files } = mountVolumes(spec, container, configMaps, root);
   const [program, role, ...rest] = container.command;
   assert.equal(program, 'mmserve', where);
   const args = [...rest, ...(container.args ?? [])];
