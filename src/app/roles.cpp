@@ -33,6 +33,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -221,7 +222,7 @@ RegisteredModel make_named_model(const RegistryModel& named, const Config& confi
 // names a model that is unknown or missing), so a model put on disk after
 // the start is served without a restart: a configured one that was missing
 // (a volume filled after the pod started) and one pulled beside a running
-// server.
+// server; one removed from the store is dropped once it is not loaded.
 class ModelFinder {
 public:
   ModelFinder(ModelRegistry& registry, const Config& config, ServerMetrics& metrics)
@@ -252,7 +253,7 @@ public:
     }
     services_.insert(service);
     std::lock_guard lock(scan_mutex_);
-    add_pulled_models();
+    sync_store();
   }
 
   // Looks again; true when it added or revived a model. A request's look
@@ -275,7 +276,7 @@ public:
         found = true;
       }
     }
-    return add_pulled_models() || found;
+    return sync_store() || found;
   }
 
   // Scans every interval on a thread of its own until destroyed.
@@ -311,12 +312,26 @@ private:
   // A store model that is also configured is listed once.
   void remember(const std::string& id) { known_paths_.insert(canonical_or_empty(registry_.status(id).path)); }
 
-  // With scan_mutex_ held: the store's models not registered yet; true when any.
-  bool add_pulled_models() {
+  // With scan_mutex_ held: registers the store's models not registered yet
+  // (true when any) and forgets those removed from it (`mmserve models rm`)
+  // once they are not loaded.
+  bool sync_store() {
     if (!config_.registry.include_store || config_.models_dir.empty()) return false;
+    const auto manifests = ModelStore(config_.models_dir).list();
+    for (auto it = pulled_.begin(); it != pulled_.end();) {
+      const bool listed = std::any_of(manifests.begin(), manifests.end(),
+                                      [&](const ModelManifest& manifest) { return manifest.name == it->first; });
+      if (listed || !registry_.remove(it->first)) {
+        ++it;
+        continue;
+      }
+      known_paths_.erase(it->second);
+      it = pulled_.erase(it);
+    }
     bool added = false;
-    for (const auto& manifest : ModelStore(config_.models_dir).list()) {
-      if (!services_.contains(manifest.family) || skipped_.contains(manifest.name)) continue;
+    for (const auto& manifest : manifests) {
+      if (!services_.contains(manifest.family) || skipped_.contains(manifest.name) || pulled_.contains(manifest.name))
+        continue;
       RegistryModel pulled{manifest.name, manifest.family, "", "", false};
       for (const auto& file : manifest.files) {
         const std::string path = config_.models_dir + "/" + file.path;
@@ -333,6 +348,7 @@ private:
       try {
         registry_.add(make_named_model(pulled, config_, metrics_, image_shared_));
         remember(pulled.name);
+        pulled_.emplace(pulled.name, canonical_or_empty(pulled.path));
         added = true;
       } catch (const std::invalid_argument& error) {
         spdlog::warn("model store: {} (skipped)", error.what());
@@ -350,6 +366,7 @@ private:
   std::mutex scan_mutex_; // one scan at a time; guards what follows
   std::vector<Configured> configured_;
   std::set<std::string> known_paths_;
+  std::map<std::string, std::string> pulled_; // store models registered: name -> canonical path
   std::set<std::string> skipped_;
   std::chrono::steady_clock::time_point last_demand_scan_{};
   std::mutex wakeup_mutex_;

@@ -193,6 +193,11 @@ template <typename Series> Series& Family<Series>::labels(std::span<const std::s
   return *slot;
 }
 
+template <typename Series> void Family<Series>::remove(const LabelValues& values) {
+  std::lock_guard lock(mutex_);
+  series_.erase(values);
+}
+
 template <typename Series> void Family<Series>::render(std::string& out) const {
   out += "# HELP " + name_ + ' ' + escape_help(help_) + '\n';
   out += "# TYPE " + name_ + ' ' + type_name<Series>() + '\n';

@@ -1,7 +1,8 @@
 // A small Prometheus metrics registry (Debian ships no prometheus-cpp):
 // counters, gauges and histograms with labels, rendered in the text
-// exposition format 0.0.4. Series are created on first use and never removed,
-// so callers must keep label values to a bounded set (routes, not raw paths).
+// exposition format 0.0.4. Series are created on first use and kept (only a
+// series looked up on each use may be removed), so callers must keep label
+// values to a bounded set (routes, not raw paths).
 #pragma once
 
 #include <algorithm>
@@ -117,6 +118,11 @@ public:
   Series& labels(std::initializer_list<std::string_view> values) {
     return labels(std::span<const std::string_view>(values.begin(), values.size()));
   }
+
+  // Drops a series that is gone for good (a model removed), so scrapes stop
+  // showing its last value. Only for series nobody holds a reference to:
+  // those looked up with labels() on each use.
+  void remove(const LabelValues& values);
 
   const std::string& name() const { return name_; }
   void render(std::string& out) const;

@@ -27,6 +27,12 @@ void ModelBoard::publish(const ModelStatus& status) {
   metrics_.model_ready.labels({status.service, status.id}).set(serves_requests(status) ? 1 : 0);
 }
 
+void ModelBoard::remove(const std::string& service, const std::string& id) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(models_, [&](const ModelStatus& model) { return model.service == service && model.id == id; });
+  metrics_.model_ready.remove({service, id});
+}
+
 std::vector<ModelStatus> ModelBoard::snapshot() const {
   std::lock_guard lock(mutex_);
   return models_;

@@ -38,6 +38,8 @@ public:
 
   // Adds or replaces the entry with the same service and id.
   void publish(const ModelStatus& status);
+  // Drops the entry (and its mmserve_model_ready series): a model gone for good.
+  void remove(const std::string& service, const std::string& id);
   std::vector<ModelStatus> snapshot() const;
   // True when every published model is loaded (and at least one service runs).
   bool all_loaded() const;

@@ -157,6 +157,21 @@ bool ModelRegistry::revive(RegisteredModel model) {
   return true;
 }
 
+bool ModelRegistry::remove(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto it =
+      std::find_if(entries_.begin(), entries_.end(), [&](const Entry& entry) { return entry.model.status.id == id; });
+  if (it == entries_.end()) return false;
+  const ModelState state = it->model.status.state;
+  if (state == ModelState::loaded || state == ModelState::loading || it->in_use > 0) return false;
+  // A load that ended has left its thread finishing: it takes the lock no more.
+  if (it->loader.joinable()) it->loader.join();
+  board_.remove(it->model.status.service, id);
+  log_event(spdlog::level::info, "model removed", {{"service", it->model.status.service}, {"model", id}});
+  entries_.erase(it);
+  return true;
+}
+
 bool ModelRegistry::discover_if_absent(const std::string& id) const {
   if (!discover_) return false;
   {

@@ -78,6 +78,9 @@ public:
   // available, and loaded now when marked preload. False when no entry of
   // that id is missing.
   bool revive(RegisteredModel model);
+  // Forgets a model whose files are gone (removed from the store), unless it
+  // is loaded, loading or serving: false then, and it stays until unloaded.
+  bool remove(const std::string& id);
   // Looks on disk for models that appeared since the start (the process's
   // model discovery adds or revives them), called outside the lock before a
   // request is told its model does not exist or is missing, and before an

@@ -390,6 +390,14 @@ test('a model pulled while the server runs is served by name at once, and listed
   assert.equal(listed.loads_on_demand, true);
   // Ready to serve, though not loaded: the "model not ready" alert must not fire for it.
   assert.equal(await metric(server.base, 'mmserve_model_ready', { service: 'vision', model: 'late-stories' }), 1);
+  // Removed from the store: it leaves the list, and its series the metrics.
+  execFileSync(binary, ['models', 'rm', 'late-stories'], { env: { ...process.env, MMSERVE_MODELS: other } });
+  for (let i = 0; (await list(server.base))['late-stories']; i++) {
+    assert.ok(i < 250, 'late-stories is still listed 5 s after its removal');
+    await sleep(20);
+  }
+  assert.doesNotMatch(await (await fetch(`${server.base}/metrics`)).text(), /model="late-stories"\}/);
+  assert.equal((await chat(server.base, 'late-stories')).status, 404);
   assert.equal(await stop(server), 0);
 });
 

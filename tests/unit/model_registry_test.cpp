@@ -218,3 +218,26 @@ TEST(ModelRegistryDiscovery, UnknownOrMissingNamesAskTheDiscovererKnownOnesDoNot
   EXPECT_EQ(load_error(registry, "nowhere"), "model_not_found");
   EXPECT_EQ(asked, 3);
 }
+
+TEST(ModelRegistryDiscovery, ARemovedModelLeavesOnlyWhenNotLoaded) {
+  ServerMetrics metrics;
+  ModelBoard board(metrics);
+  ModelRegistry registry(board, metrics, 1000 * MiB, 0);
+  registry.add(model("kept", 10 * MiB, {}));
+  registry.add(model("pulled", 10 * MiB, {}));
+  load(registry, "pulled");
+  EXPECT_FALSE(registry.remove("pulled")); // loaded: stays until unloaded
+  EXPECT_FALSE(registry.remove("nowhere"));
+  EXPECT_EQ(metrics.model_ready.labels({"vision", "pulled"}).value(), 1);
+  boost::asio::io_context io;
+  boost::asio::co_spawn(io, registry.unload("pulled"), boost::asio::detached);
+  io.run();
+  EXPECT_TRUE(registry.remove("pulled"));
+  EXPECT_EQ(board.snapshot().size(), 1u);
+  EXPECT_EQ(board.snapshot().front().id, "kept");
+  EXPECT_EQ(metrics.registry.render().find(R"(mmserve_model_ready{service="vision",model="pulled"})"),
+            std::string::npos);
+  EXPECT_NE(metrics.registry.render().find(R"(mmserve_model_ready{service="vision",model="kept"} 1)"),
+            std::string::npos);
+  EXPECT_EQ(load_error(registry, "pulled"), "model_not_found");
+}
