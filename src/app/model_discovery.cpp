@@ -151,4 +151,36 @@ ModelStatus discover_image_model(const ImageConfig& config) {
   return status;
 }
 
+bool model_files_settled(const std::string& path, std::chrono::seconds quiet) {
+  std::error_code ec;
+  const fs::path found(path);
+  const bool folder = fs::is_directory(found, ec);
+  const fs::path dir = folder ? found : found.parent_path();
+  const auto now = fs::file_time_type::clock::now();
+  const auto recent = [&](const fs::path& entry) {
+    std::error_code time_ec;
+    const auto written = fs::last_write_time(entry, time_ec);
+    return !time_ec && now - written < quiet;
+  };
+  // A folder's own time moves when a file is created in it.
+  if (recent(dir)) return false;
+  const auto unsettled = [&](const fs::directory_entry& entry) {
+    return entry.path().extension() == ".part" || recent(entry.path());
+  };
+  if (!folder) { // the file and what is beside it, not the neighbours' folders
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      std::error_code type_ec;
+      if (!entry.is_directory(type_ec) && unsettled(entry)) return false;
+    }
+    return !ec;
+  }
+  size_t seen = 0;
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (unsettled(*it)) return false;
+    if (++seen > 100000) break; // a pipeline has dozens of files; this bounds a mistaken path
+  }
+  return !ec;
+}
+
 } // namespace mmserve

@@ -224,6 +224,9 @@ RegisteredModel make_named_model(const RegistryModel& named, const Config& confi
 // (a volume filled after the pod started) and one pulled beside a running
 // server; one removed from the store is dropped once it is not loaded.
 class ModelFinder {
+  // How long a model's files must be left alone before it is taken.
+  static constexpr std::chrono::seconds kSettleTime{2};
+
 public:
   ModelFinder(ModelRegistry& registry, const Config& config, ServerMetrics& metrics)
       : registry_(registry), config_(config), metrics_(metrics) {}
@@ -270,6 +273,7 @@ public:
       if (registry_.status(source.id).state != ModelState::missing) continue;
       RegisteredModel model = source.make();
       if (model.status.state != ModelState::available) continue;
+      if (!model_files_settled(model.status.path, kSettleTime)) continue; // still arriving: the next look
       model.status.id = source.id; // the id clients were shown while it was missing
       if (registry_.revive(std::move(model))) {
         remember(source.id);
@@ -350,7 +354,7 @@ private:
         remember(pulled.name);
         pulled_.emplace(pulled.name, canonical_or_empty(pulled.path));
         added = true;
-      } catch (const std::invalid_argument& error) {
+      } catch (const std::exception& error) { // a repeated name, unreadable weights
         spdlog::warn("model store: {} (skipped)", error.what());
         skipped_.insert(manifest.name); // said once
       }
@@ -411,7 +415,14 @@ int run_role(Role role, const Config& config) {
   }
   registry->preload();
   if (vision || speech || image) {
-    registry->set_discoverer([&finder] { return finder->scan(true); });
+    registry->set_discoverer([&finder] {
+      try {
+        return finder->scan(true);
+      } catch (const std::exception& error) { // the request goes on with the models there are
+        spdlog::warn("looking for new models: {}", error.what());
+        return false;
+      }
+    });
     finder->start_rescans(config.registry.rescan_interval_s);
   }
   if (vision) metrics.queue_depth.labels({"vision"}).set(0);

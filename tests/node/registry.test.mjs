@@ -418,8 +418,9 @@ test('a configured model missing at start is served once it is put there: /ready
     mkdirSync(folder);
     execFileSync('cp', [stories, folder]);
     if (rescan === '0') {
-      // Only a request looks: the one that names it is answered.
-      await sleep(1100);
+      // Only a request looks: the one that names it is answered (once the
+      // files have been left alone for 2 s: a copy may still be going on).
+      await sleep(2200);
       const answer = await chat(server.base, 'late-model');
       assert.equal(answer.status, 200, JSON.stringify(answer.body));
       assert.equal(answer.body.model, 'late-model');
