@@ -73,10 +73,13 @@ int governing_side(int width, int height, ResizeMode mode) {
 }
 
 // The largest JPEG DCT shrink (2, 4, 8) that keeps the governing side at
-// or above the target, so large photos never decode at full size.
-int jpeg_shrink_for(int side, int target) {
+// or above the target, so large photos never decode at full size, and the
+// shorter side at a pixel or more: Debian's libvips 8.14 aborts the process
+// (an assertion, not an error) when a shrink takes a side to 0, as a
+// 16448x1 JPEG with shrink 2 did under the fuzzer.
+int jpeg_shrink_for(int side, int shortest, int target) {
   int shrink = 1;
-  while (shrink < 8 && side / (shrink * 2) >= target)
+  while (shrink < 8 && side / (shrink * 2) >= target && shortest / (shrink * 2) >= 1)
     shrink *= 2;
   return shrink;
 }
@@ -193,7 +196,7 @@ RgbImage preprocess_image(std::string_view bytes, const PreprocessPolicy& policy
     }
     if (*format == "jpeg" && policy.max_image_size > 0) {
       const int side = governing_side(static_cast<int>(width), static_cast<int>(height), policy.resize_mode);
-      const int shrink = jpeg_shrink_for(side, policy.max_image_size);
+      const int shrink = jpeg_shrink_for(side, static_cast<int>(std::min(width, height)), policy.max_image_size);
       if (shrink > 1) image = load(bytes, shrink);
     }
     // Decode: the (shrunk-on-load) pixels as 8-bit sRGB in memory.

@@ -236,6 +236,20 @@ TEST_F(ImagePreprocess, CropOfAWideJpegKeepsTheBound) {
   EXPECT_EQ(out.height, 256u);
 }
 
+// Found by the image fuzzer: a shrink-on-load that takes a side to 0 pixels
+// makes Debian's libvips abort the whole process (16448x1 with shrink 2).
+// A line of an image is shrunk after decoding instead.
+TEST_F(ImagePreprocess, AOnePixelHighJpegIsNotShrunkOnLoadToNothing) {
+  PreprocessPolicy policy;
+  policy.max_image_size = 256;
+  for (const int height : {1, 3}) {
+    const RgbImage out = preprocess_image(save(two_halves(4096, height), ".jpg"), policy, "p");
+    EXPECT_EQ(out.width, 256u) << height;
+    EXPECT_GE(out.height, 1u) << height;
+    EXPECT_EQ(out.pixels.size(), static_cast<size_t>(out.width) * out.height * 3);
+  }
+}
+
 // Stored 48x32 in four quadrants; every EXIF orientation must come out as
 // the image is meant to be seen (the EXIF 2.32 table, section 4.6.4).
 TEST_F(ImagePreprocess, AllEightExifOrientations) {
