@@ -287,11 +287,13 @@ bool ModelFinder::sync_store() {
       if (projector && pulled.mmproj.empty()) pulled.mmproj = path;
       if (!projector && pulled.path.empty()) pulled.path = path;
     }
-    if (pulled.path.empty() || known_paths_.contains(canonical_or_empty(pulled.path))) continue;
+    if (pulled.path.empty()) continue;
+    const std::string canonical = canonical_or_empty(pulled.path);
+    if (known_paths_.contains(canonical)) continue;
     try {
       registry_.add(make_named_model(pulled, config_, metrics_, image_shared_));
-      remember(pulled.name);
-      pulled_.emplace(pulled.name, canonical_or_empty(pulled.path));
+      known_paths_.insert(canonical);
+      pulled_.emplace(pulled.name, canonical);
       added = true;
     } catch (const std::exception& error) { // a repeated name, unreadable weights
       spdlog::warn("model store: {} (skipped)", error.what());

@@ -237,32 +237,30 @@ std::string ModelRegistry::resolve(const std::string& service, const std::string
 }
 
 void ModelRegistry::check_servable(const std::string& service) const {
-  const auto servable = [&] {
-    std::lock_guard lock(mutex_);
-    return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& entry) {
-      const ModelState state = entry.model.status.state;
-      return entry.model.status.service == service &&
-             (state == ModelState::available || state == ModelState::loading || state == ModelState::loaded);
-    });
-  };
-  // Its model may have been put on the volume since the start.
-  if (servable() || (discover_ && discover_() && servable())) return;
+  auto refusal = refusal_of(service);
+  if (refusal && discover_) { // its model may have been put on the volume since the start
+    discover_();
+    refusal = refusal_of(service);
+  }
+  if (refusal) throw *refusal;
+}
+
+std::optional<ApiError> ModelRegistry::refusal_of(const std::string& service) const {
   std::lock_guard lock(mutex_);
   const Entry* first = nullptr;
   for (const auto& entry : entries_) {
     if (entry.model.status.service != service) continue;
     const ModelState state = entry.model.status.state;
-    if (state == ModelState::available || state == ModelState::loading || state == ModelState::loaded) return;
+    if (state == ModelState::available || state == ModelState::loading || state == ModelState::loaded)
+      return std::nullopt;
     if (!first) first = &entry;
   }
-  if (!first) {
-    throw ApiError::unavailable(fmt::format("No {} model is configured.", service), 30, "model_not_loaded");
-  }
+  if (!first) return ApiError::unavailable(fmt::format("No {} model is configured.", service), 30, "model_not_loaded");
   const auto& status = first->model.status;
-  throw ApiError::unavailable(fmt::format("The model '{}' is not loaded ({}){}{}.", status.id,
-                                          model_state_name(status.state), status.detail.empty() ? "" : ": ",
-                                          status.detail),
-                              30, "model_not_loaded");
+  return ApiError::unavailable(fmt::format("The model '{}' is not loaded ({}){}{}.", status.id,
+                                           model_state_name(status.state), status.detail.empty() ? "" : ": ",
+                                           status.detail),
+                               30, "model_not_loaded");
 }
 
 void ModelRegistry::begin_load(Entry& entry) {

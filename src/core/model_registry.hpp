@@ -16,6 +16,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -126,6 +127,8 @@ private:
     std::thread loader;
   };
 
+  // Why no model of `service` can be served (check_servable's 503), or nullopt.
+  std::optional<ApiError> refusal_of(const std::string& service) const;
   // The discoverer's verdict when `id` is unknown or missing; false otherwise.
   bool discover_if_absent(const std::string& id) const;
   Entry& find(const std::string& id);

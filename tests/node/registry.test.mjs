@@ -324,25 +324,6 @@ test('idle models unload after registry.idle_unload and load again when asked fo
   assert.equal(await stop(server), 0);
 });
 
-test('models pulled into the store are served by name', { skip }, async () => {
-  const store = path.join(work, 'store');
-  mkdirSync(path.join(store, 'manifests'), { recursive: true });
-  mkdirSync(path.join(store, 'stories'), { recursive: true });
-  execFileSync('cp', [stories, path.join(store, 'stories', 'stories260K.gguf')]);
-  writeFileSync(path.join(store, 'manifests', 'tiny-stories.json'), JSON.stringify({
-    name: 'tiny-stories', family: 'vision', source: { repo: 'ggml-org/models', revision: 'main' }, license: 'mit',
-    files: [{ path: 'stories/stories260K.gguf', size: 0, sha256: '', url: '' }],
-  }));
-  const server = await start(
-    `models_dir: ${store}\nvision:\n  model_path: ${tinyLlama}\n  max_model_len: 512\nspeech:\n  enabled: false\n`,
-    { readyIds: ['tiny-llama-random'] });
-  assert.equal((await list(server.base))['tiny-stories'].status, 'available');
-  const answer = await chat(server.base, 'tiny-stories', { temperature: 0 });
-  assert.equal(answer.status, 200);
-  assert.equal(answer.body.model, 'tiny-stories');
-  assert.equal(await stop(server), 0);
-});
-
 // What `mmserve pull` leaves in the store: the file, then the manifest.
 function putInStore(store, name, file) {
   mkdirSync(path.join(store, 'manifests'), { recursive: true });
@@ -353,6 +334,19 @@ function putInStore(store, name, file) {
     files: [{ path: `${name}/${path.basename(file)}`, size: 0, sha256: '', url: '' }],
   }));
 }
+
+test('models pulled into the store are served by name', { skip }, async () => {
+  const store = path.join(work, 'store');
+  putInStore(store, 'tiny-stories', stories);
+  const server = await start(
+    `models_dir: ${store}\nvision:\n  model_path: ${tinyLlama}\n  max_model_len: 512\nspeech:\n  enabled: false\n`,
+    { readyIds: ['tiny-llama-random'] });
+  assert.equal((await list(server.base))['tiny-stories'].status, 'available');
+  const answer = await chat(server.base, 'tiny-stories', { temperature: 0 });
+  assert.equal(answer.status, 200);
+  assert.equal(answer.body.model, 'tiny-stories');
+  assert.equal(await stop(server), 0);
+});
 
 test('a model pulled while the server runs is served by name at once, and listed within registry.rescan_interval', { skip }, async () => {
   const store = mkdtempSync(path.join(work, 'late-store-'));

@@ -28,15 +28,19 @@ export async function waitReady(baseUrl, attempts = 1000) {
   throw new Error('mmserve did not become ready');
 }
 
-// The mmserve binary as a child process with its output collected (for
-// failure messages): `role` is serve, image, ...; `file` its config; `args`
-// more command-line arguments.
-export function spawnMmserve(binary, role, file, { args = [], ...options } = {}) {
-  const child = spawn(binary, [role, '--config', file, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+// A child process with its output collected (for failure messages).
+export function spawnWithLog(binary, args, options = {}) {
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
   let log = '';
   child.stdout.on('data', (piece) => { log += piece; });
   child.stderr.on('data', (piece) => { log += piece; });
   return { child, log: () => log };
+}
+
+// The mmserve binary as a child process with its output collected: `role`
+// is serve, image, ...; `file` its config; `args` more command-line arguments.
+export function spawnMmserve(binary, role, file, { args = [], ...options } = {}) {
+  return spawnWithLog(binary, [role, '--config', file, ...args], options);
 }
 
 // Waits for /readyz to say 200, failing with the log if the process exits first.

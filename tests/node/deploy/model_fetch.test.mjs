@@ -8,14 +8,13 @@
 // Job's layout and the Deployments' paths agree.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { k8sDir, render } from './kustomize.mjs';
 import { mountVolumes } from './pod.mjs';
-import { freePort } from '../support.mjs';
+import { freePort, spawnWithLog, waitReadyOrExit } from '../support.mjs';
 
 const bin = process.env.MMSERVE_BIN;
 const generated = {
@@ -81,25 +80,11 @@ const literalEnv = (container, relocate) => Object.fromEntries((container.env ??
   .filter((e) => typeof e.value === 'string') // secretKeyRef: the optional hf-token Secret does not exist here
   .map((e) => [e.name, relocate(e.value)]));
 
+// mmserve with ARGS to its end: its exit status and output.
 function run(args, env) {
-  return new Promise((resolve) => {
-    const child = spawn(bin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.push(child);
-    let output = '';
-    child.stdout.on('data', (piece) => { output += piece; });
-    child.stderr.on('data', (piece) => { output += piece; });
-    child.on('exit', (status) => resolve({ status, output }));
-  });
-}
-
-async function waitReady(port, child, log) {
-  for (let i = 0; i < 1200; i++) {
-    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode}:\n${log()}`);
-    const ready = await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.status === 200, () => false);
-    if (ready) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`not ready in 120 s:\n${log()}`);
+  const { child, log } = spawnWithLog(bin, args, { env });
+  children.push(child);
+  return new Promise((resolve) => child.on('exit', (status) => resolve({ status, output: log() })));
 }
 
 test('cpu overlay: the model-fetch Job fills the volumes, and every model Deployment loads its model from them', { skip, timeout: 280_000 }, async () => {
@@ -142,19 +127,17 @@ test('cpu overlay: the model-fetch Job fills the volumes, and every model Deploy
     const args = [...rest, ...(container.args ?? [])].map(relocate).filter((a) => !a.startsWith('--port='))
       .concat([`--port=${port}`, '--host=127.0.0.1']);
     const env = { PATH: process.env.PATH, HOME: root, ...literalEnv(container, relocate) };
-    const child = spawn(bin, [role, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const { child, log } = spawnWithLog(bin, [role, ...args], { env });
     children.push(child);
-    let log = '';
-    child.stdout.on('data', (piece) => { log += piece; });
-    child.stderr.on('data', (piece) => { log += piece; });
-    await waitReady(port, child, () => `${deployment.metadata.name}: ${log}`);
+    // Up to 120 s for the model to load (20 ms a try).
+    await waitReadyOrExit(`http://127.0.0.1:${port}`, { child, log: () => `${deployment.metadata.name}: ${log()}` }, 6000);
     const models = await (await fetch(`http://127.0.0.1:${port}/v1/models`)).json();
     const own = models.data.find((m) => m.status === 'loaded');
     assert.ok(own, `${deployment.metadata.name}: a loaded model in ${JSON.stringify(models)}`);
     assert.ok(own.id && !own.id.startsWith('/'), `${deployment.metadata.name}: ${own.id}`);
     const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
     child.kill('SIGTERM');
-    assert.equal(await exited, 0, `${deployment.metadata.name} stops cleanly:\n${log}`);
+    assert.equal(await exited, 0, `${deployment.metadata.name} stops cleanly:\n${log()}`);
   }
   // The one-time conversions the manifests ask for (LOAD_8BIT, --dtype, COMPUTE_TYPE) went to the shared volume's cache.
   const cache = join(claimDirs.get('multimodal-models'), 'cache');
