@@ -195,6 +195,16 @@ registry:
   EXPECT_NE(error_of("registry: {memory_budgt: 1Gi}").find("registry.memory_budgt: unknown key"), std::string::npos);
 }
 
+TEST(Config, RegistryRescanInterval) {
+  EXPECT_DOUBLE_EQ(parse_config("", "empty").registry.rescan_interval_s, 10);
+  const Config config = parse_config("registry: {rescan_interval: 500ms}", "rescan.yaml");
+  EXPECT_DOUBLE_EQ(config.registry.rescan_interval_s, 0.5);
+  EXPECT_DOUBLE_EQ(parse_config(dump_config(config), "dump").registry.rescan_interval_s, 0.5);
+  EXPECT_DOUBLE_EQ(parse_config("registry: {rescan_interval: 0}", "off.yaml").registry.rescan_interval_s, 0);
+  EXPECT_NE(error_of("registry: {rescan_interval: soon}").find("registry.rescan_interval"), std::string::npos);
+  EXPECT_NE(error_of("registry: {rescan_interval: -1s}").find("registry.rescan_interval"), std::string::npos);
+}
+
 TEST(Config, RegistryGpuMemoryBudget) {
   const Config defaults = parse_config("", "empty");
   EXPECT_TRUE(defaults.registry.gpu_memory_budget.empty()); // auto
